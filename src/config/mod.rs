@@ -1,0 +1,202 @@
+//! Configuration: the YAML file is parsed into [`raw`] types, then [`compile`]d into a
+//! validated [`Config`] that the rest of the proxy trusts without re-checking.
+//!
+//! `parse` → `compile` never panics: every problem becomes a [`ConfigError`] that names the
+//! YAML path and the fix, and all of them are reported at once.
+
+mod compile;
+pub mod raw;
+pub mod units;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub use compile::compile;
+pub use units::EndpointAddr;
+
+/// Default connect timeout: long enough for a loaded host, short enough to retry elsewhere.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default time a client has to send its request head (slow-loris bound).
+pub const DEFAULT_REQUEST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time an upstream has to start answering.
+pub const DEFAULT_RESPONSE_HEADERS_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default lifetime of an idle pooled upstream connection.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default bound on graceful shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default request body limit.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Request-path threads; `None`: one per core.
+    pub workers: Option<usize>,
+    /// Data-plane listeners.
+    pub listeners: Vec<ListenerConfig>,
+    /// Admin listener address.
+    pub admin: Option<SocketAddr>,
+    /// Timeouts and limits.
+    pub limits: Limits,
+    /// Services in file order.
+    pub services: Vec<ServiceSpec>,
+    /// Things that are allowed but probably not meant (printed by `validate`, logged by `run`).
+    pub warnings: Vec<String>,
+}
+
+/// One data-plane listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Name for logs.
+    pub name: String,
+    /// Address to bind.
+    pub address: SocketAddr,
+}
+
+/// Timeouts and body limit, from `defaults`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// TCP connect to an endpoint.
+    pub connect: Duration,
+    /// Client request head.
+    pub request_headers: Duration,
+    /// Upstream response head.
+    pub response_headers: Duration,
+    /// Idle pooled upstream connection.
+    pub idle: Duration,
+    /// Graceful shutdown.
+    pub drain: Duration,
+    /// Largest request body, in bytes.
+    pub max_request_body: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            request_headers: DEFAULT_REQUEST_HEADERS_TIMEOUT,
+            response_headers: DEFAULT_RESPONSE_HEADERS_TIMEOUT,
+            idle: DEFAULT_IDLE_TIMEOUT,
+            drain: DEFAULT_DRAIN_TIMEOUT,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+        }
+    }
+}
+
+/// A validated service.
+#[derive(Debug, Clone)]
+pub struct ServiceSpec {
+    /// Unique name.
+    pub name: String,
+    /// Host patterns; empty: any host.
+    pub hosts: Vec<HostPattern>,
+    /// Path prefix, starting with `/`.
+    pub path_prefix: String,
+    /// Whether responses carry `x-sluice-version`.
+    pub expose_version: bool,
+    /// Versions in file order (the order bucket ranges follow).
+    pub versions: Vec<VersionSpec>,
+}
+
+/// A host pattern of `match.hosts`, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// `checkout.example.com`.
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: matches any deeper name.
+    Suffix(String),
+}
+
+/// Upstream protocol of a version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    /// HTTP/1.1 with pooled keep-alive connections.
+    Http1,
+    /// HTTP/2 over cleartext (prior knowledge), one multiplexed connection per endpoint.
+    Http2,
+}
+
+/// A validated version.
+#[derive(Debug, Clone)]
+pub struct VersionSpec {
+    /// Name, usable as a header value.
+    pub name: String,
+    /// Upstream protocol.
+    pub protocol: Protocol,
+    /// At least one endpoint.
+    pub endpoints: Vec<EndpointAddr>,
+    /// Routing weight (0: no traffic).
+    pub weight: u32,
+}
+
+/// One validation problem: where, and what to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// YAML path, e.g. `services[0].routing.weights`.
+    pub path: String,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() || self.path == "." {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Parses and validates a configuration from YAML text.
+pub fn parse(yaml: &str) -> Result<Config, ConfigErrors> {
+    let deserializer = serde_yaml::Deserializer::from_str(yaml);
+    let raw: raw::RawConfig = match serde_path_to_error::deserialize(deserializer) {
+        Ok(raw) => raw,
+        Err(error) => {
+            // serde_yaml prefixes its own path to some messages ("services[0]: unknown field");
+            // use that one when present, serde_path_to_error's otherwise.
+            let mut path = error.path().to_string();
+            let mut message = error.into_inner().to_string();
+            if let Some((prefix, rest)) = message.split_once(": ") {
+                if !prefix.contains(' ') {
+                    path = prefix.to_owned();
+                    message = rest.to_owned();
+                }
+            }
+            return Err(ConfigErrors(vec![ConfigError { path, message }]));
+        }
+    };
+    compile(raw)
+}
+
+/// Reads, parses and validates a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read {}: {e}", path.display()),
+        }])
+    })?;
+    parse(&text)
+}

@@ -1,0 +1,123 @@
+//! The configuration file as written: serde types that mirror the YAML one to one.
+//!
+//! Nothing here is trusted by the request path. Values that need parsing (durations, sizes,
+//! addresses) stay strings so that [`super::compile`] can check all of them and report every
+//! error with its YAML path, instead of serde stopping at the first one. Every struct denies
+//! unknown fields: a section of the SPEC that is not built yet is an error, never ignored.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Request-path threads; default: one per core.
+    pub workers: Option<usize>,
+    /// Data-plane listeners (HTTP/1.1 and h2c on each).
+    #[serde(default)]
+    pub listeners: Vec<RawListener>,
+    /// The admin listener.
+    pub admin: Option<RawAdmin>,
+    /// Timeouts and limits shared by every service.
+    #[serde(default)]
+    pub defaults: RawDefaults,
+    /// The services, in file order (file order breaks routing ties).
+    #[serde(default)]
+    pub services: Vec<RawService>,
+}
+
+/// `listeners[i]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// `host:port` to bind.
+    pub address: String,
+}
+
+/// `admin`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// `host:port` of the admin API.
+    pub address: String,
+}
+
+/// `defaults`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDefaults {
+    /// `defaults.timeouts`.
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+    /// Largest request body accepted, e.g. `16MiB`.
+    pub max_request_body: Option<String>,
+}
+
+/// `defaults.timeouts`: each a duration string such as `250ms` or `30s`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    /// TCP connect to an upstream endpoint.
+    pub connect: Option<String>,
+    /// How long a client may take to send a request head.
+    pub request_headers: Option<String>,
+    /// How long an upstream may take to answer with response headers.
+    pub response_headers: Option<String>,
+    /// How long an idle pooled upstream connection is kept.
+    pub idle: Option<String>,
+    /// How long graceful shutdown waits for in-flight requests.
+    pub drain: Option<String>,
+}
+
+/// `services[i]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    /// Unique name.
+    pub name: String,
+    /// Which requests belong to this service; omitted: all.
+    #[serde(rename = "match", default)]
+    pub matcher: RawMatch,
+    /// When true, responses carry `x-sluice-version`.
+    #[serde(default)]
+    pub expose_version: bool,
+    /// Versions by name, in file order.
+    #[serde(default)]
+    pub versions: IndexMap<String, RawVersion>,
+    /// How traffic is split between versions.
+    #[serde(default)]
+    pub routing: RawRouting,
+}
+
+/// `services[i].match`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    /// Exact host names or `*.suffix` wildcards; omitted: any host.
+    pub hosts: Option<Vec<String>>,
+    /// Path prefix on segment boundaries; omitted: `/`.
+    pub path_prefix: Option<String>,
+}
+
+/// `services[i].versions.NAME`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    /// `host:port` or `http://host:port`.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// `http1` (default) or `http2` (h2c, prior knowledge).
+    pub protocol: Option<String>,
+}
+
+/// `services[i].routing`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouting {
+    /// Version name to a non-negative integer weight; left out: 0.
+    #[serde(default)]
+    pub weights: IndexMap<String, u64>,
+}

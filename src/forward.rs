@@ -1,0 +1,162 @@
+//! Request path, step 6 (headers): what is removed, added and kept between client and upstream.
+//!
+//! Hop-by-hop headers (RFC 9110 §7.6.1, and those named in `Connection`) are removed both ways;
+//! `X-Forwarded-For/-Proto/-Host` are set; `Host` is kept. Upgrades keep `Upgrade` and
+//! `Connection: upgrade`, and gRPC's `te: trailers` is kept.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// `x-forwarded-for`.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// `x-forwarded-host`.
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `x-sluice-version`.
+pub static X_SLUICE_VERSION: HeaderName = HeaderName::from_static("x-sluice-version");
+
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+
+/// What the proxy knows of the client connection, built once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The client's IP, ready for `X-Forwarded-For`.
+    pub ip: HeaderValue,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: HeaderValue,
+}
+
+impl ClientInfo {
+    /// Info for a plain-TCP client at `addr`.
+    pub fn plain(addr: std::net::SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
+        Self { ip, proto: HeaderValue::from_static("http") }
+    }
+}
+
+/// True when the request asks to switch protocols (`Connection: upgrade` and `Upgrade`).
+pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    if let Some(value) = headers.get(header::CONNECTION) {
+        // Rare (most clients send no Connection header), so collecting here is fine.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .chain(std::iter::once(value))
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if name == header::TE || (upgrade && name == header::UPGRADE) {
+                continue;
+            }
+            headers.remove(&name);
+        }
+        headers.remove(header::CONNECTION);
+    }
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(header::TRANSFER_ENCODING);
+    if !is_te_trailers(headers) {
+        headers.remove(header::TE);
+    }
+    if upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+}
+
+/// `TE: trailers` alone is end to end in practice (gRPC needs it); any other TE is not.
+fn is_te_trailers(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::TE).iter();
+    matches!((values.next(), values.next()), (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+}
+
+/// Sets `X-Forwarded-*` on a request going upstream. `host` is the received Host, port included.
+pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&HeaderValue>) {
+    let xff = match headers.get(&X_FORWARDED_FOR) {
+        None => client.ip.clone(),
+        Some(_) => {
+            let mut joined: Vec<u8> = Vec::with_capacity(64);
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                joined.extend_from_slice(value.as_bytes());
+                joined.extend_from_slice(b", ");
+            }
+            joined.extend_from_slice(client.ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.ip.clone())
+        }
+    };
+    headers.insert(&X_FORWARDED_FOR, xff);
+    headers.insert(&X_FORWARDED_PROTO, client.proto.clone());
+    match host {
+        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (k, v) in pairs {
+            headers.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+        }
+        headers
+    }
+
+    #[test]
+    fn hop_by_hop_removed() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("te", "gzip"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-kept", "yes"),
+        ]);
+        remove_hop_by_hop(&mut headers, false);
+        let names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn upgrade_and_te_trailers_kept() {
+        let mut headers = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("te", "trailers")]);
+        remove_hop_by_hop(&mut headers, true);
+        assert_eq!(headers.get("upgrade").map(|v| v.as_bytes()), Some(&b"websocket"[..]));
+        assert_eq!(headers.get("connection").map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
+        assert_eq!(headers.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let client = ClientInfo::plain("10.1.2.3:5555".parse().expect("addr"));
+        let mut headers = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-host", "spoof")]);
+        let host = HeaderValue::from_static("shop.example.com:8080");
+        set_forwarded(&mut headers, &client, Some(&host));
+        assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");
+        assert_eq!(headers.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(headers["x-forwarded-proto"], "http");
+        assert_eq!(headers["x-forwarded-host"], "shop.example.com:8080");
+    }
+}

@@ -1,0 +1,45 @@
+//! sluice: a layer-7 traffic-shifting reverse proxy for progressive delivery.
+//!
+//! # Layout
+//! The request path, in the order a request meets it:
+//! - [`listener`]: accepts connections; HTTP/1.1 and h2c on one port; graceful shutdown.
+//! - [`proxy`]: the handler, `route → split → pick endpoint → forward → respond`.
+//! - [`router`]: which service, by host and path prefix.
+//! - [`split`]: which version, by weight.
+//! - [`upstream`]: which endpoint (power of two choices), pooled connections, sending.
+//! - [`forward`]: hop-by-hop removal and `X-Forwarded-*`.
+//! - [`body`]: the streamed response body.
+//! - [`error`]: every failure, its source, and the status the client gets.
+//!
+//! Around it:
+//! - [`config`]: the YAML file, its raw serde types and `compile`, which reports every error.
+//! - [`table`]: the immutable routing table and the `ArcSwap` that publishes it.
+//! - [`admin`]: the admin listener.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod forward;
+pub mod listener;
+pub mod proxy;
+pub mod router;
+pub mod split;
+pub mod table;
+pub mod upstream;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use table::{Routing, RoutingTable};
+
+/// Serves the data plane on `listeners` with the tables `routing` publishes, until `shutdown`
+/// completes; then drains in-flight requests for at most the table's `drain` timeout.
+pub async fn run(listeners: Vec<TcpListener>, routing: Arc<Routing>, shutdown: impl Future<Output = ()>) {
+    let limits = routing.load().limits;
+    let proxy = Arc::new(proxy::Proxy::new(routing));
+    listener::serve(listeners, proxy, limits.request_headers, limits.drain, shutdown).await;
+}

@@ -1,0 +1,145 @@
+//! The `sluice` command: `run` serves a configuration, `validate` checks one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sluice::{config, Routing};
+
+/// The configuration file used when `-c` is not given.
+const DEFAULT_CONFIG: &str = "config/sluice.yaml";
+
+#[derive(Parser)]
+#[command(name = "sluice", version, about = "A layer-7 traffic-shifting reverse proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configuration.
+    Run {
+        /// Configuration file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Parse and validate a configuration, print every error, exit 0 or 1. Opens no sockets.
+    Validate {
+        /// Configuration file.
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config } => match serve(&config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("sluice: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(config) => {
+            for warning in &config.warnings {
+                println!("warning: {warning}");
+            }
+            println!(
+                "{}: ok ({} listeners, {} services)",
+                path.display(),
+                config.listeners.len(),
+                config.services.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for error in &errors.0 {
+                println!("error: {error}");
+            }
+            println!("{}: {} error(s)", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let config = config::load(path).map_err(|errors| anyhow::anyhow!("invalid configuration {}:\n{errors}", path.display()))?;
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
+    let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(async move {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        for listener in &config.listeners {
+            let bound = tokio::net::TcpListener::bind(listener.address)
+                .await
+                .with_context(|| format!("cannot bind listener {} on {}", listener.name, listener.address))?;
+            tracing::info!(name = %listener.name, addr = %bound.local_addr()?, "listening");
+            listeners.push(bound);
+        }
+        let routing = Arc::new(Routing::new(&config));
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        if let Some(address) = config.admin {
+            let admin = tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("cannot bind the admin listener on {address}"))?;
+            tracing::info!(addr = %admin.local_addr()?, "admin listening");
+            let mut stopped = stopped.clone();
+            tokio::spawn(sluice::admin::serve(admin, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }));
+        }
+        tracing::info!(revision = routing.load().revision, workers, "sluice started");
+        sluice::run(listeners, routing, async move {
+            shutdown_signal().await;
+            let _ = stop.send(true);
+        })
+        .await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(signal) => signal,
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => tracing::info!("SIGINT received"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

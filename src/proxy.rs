@@ -1,0 +1,204 @@
+//! The request handler: one request through the pipeline
+//! `route → split → pick endpoint → forward → respond`.
+//!
+//! [`Proxy::handle`] turns every error into a synthetic response (the hyper service never
+//! fails); [`Proxy::handle_inner`] is the straight `?` chain of the stages.
+
+use std::sync::Arc;
+
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::ResponseBody;
+use crate::config::Protocol;
+use crate::error::ProxyError;
+use crate::forward::{self, ClientInfo};
+use crate::table::{Routing, RoutingTable, Service, Version};
+use crate::upstream::{self, Endpoint, RequestBody};
+use crate::router;
+
+/// The request handler, shared by every connection.
+#[derive(Debug)]
+pub struct Proxy {
+    routing: Arc<Routing>,
+}
+
+impl Proxy {
+    /// A handler reading tables from `routing`.
+    pub fn new(routing: Arc<Routing>) -> Self {
+        Self { routing }
+    }
+
+    /// Handles one request; errors become the status of [`ProxyError::status`].
+    pub async fn handle(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<ResponseBody> {
+        let method = request.method().clone();
+        match self.handle_inner(request, client).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(%method, %error, source = ?error.source_side(), "request failed");
+                let mut response = Response::new(ResponseBody::full(error.body()));
+                *response.status_mut() = error.status();
+                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                response
+            }
+        }
+    }
+
+    async fn handle_inner(&self, mut request: Request<Incoming>, client: &ClientInfo) -> Result<Response<ResponseBody>, ProxyError> {
+        // The whole request runs on the table it started with, even if a new one is published.
+        let table = self.routing.load_full();
+        let host = request_host(&request);
+        let host_str = host.as_ref().and_then(|h| h.to_str().ok());
+        let service = router::route(&table, host_str, request.uri().path()).ok_or(ProxyError::NoService)?;
+        let version = pick_version(service)?;
+        let limit = table.limits.max_request_body;
+        check_content_length(&request, limit)?;
+
+        let upgrade = forward::is_upgrade(request.headers()) && request.version() == http::Version::HTTP_11;
+        if upgrade && version.protocol == Protocol::Http2 {
+            return Err(ProxyError::UpgradeUnsupported);
+        }
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+        let (mut parts, body) = request.into_parts();
+        forward::remove_hop_by_hop(&mut parts.headers, upgrade);
+        forward::set_forwarded(&mut parts.headers, client, host.as_ref());
+        let client_version = parts.version;
+        let outgoing = Request::from_parts(parts, RequestBody::new(body, limit));
+
+        let (mut response, lease, endpoint) = send_with_retry(&table, version, outgoing, host).await?;
+
+        if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS) {
+            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, endpoint.label.clone()));
+            forward::remove_hop_by_hop(response.headers_mut(), true);
+            let (parts, _) = response.into_parts();
+            drop(lease);
+            return Ok(Response::from_parts(parts, ResponseBody::empty()));
+        }
+
+        let (mut parts, body) = response.into_parts();
+        forward::remove_hop_by_hop(&mut parts.headers, false);
+        if service.expose_version {
+            parts.headers.insert(&forward::X_SLUICE_VERSION, version.header.clone());
+        }
+        parts.version = client_version;
+        Ok(Response::from_parts(parts, ResponseBody::Upstream { inner: body, lease }))
+    }
+}
+
+/// The received host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
+fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
+    match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(header::HOST).cloned(),
+    }
+}
+
+fn pick_version(service: &Service) -> Result<&Version, ProxyError> {
+    service
+        .split
+        .pick()
+        .and_then(|i| service.versions.get(i))
+        .ok_or_else(|| ProxyError::NoVersion(service.name.clone()))
+}
+
+/// Refuses a body announced larger than the limit before anything is sent upstream.
+fn check_content_length(request: &Request<Incoming>, limit: u64) -> Result<(), ProxyError> {
+    let Some(value) = request.headers().get(header::CONTENT_LENGTH) else { return Ok(()) };
+    let length: u64 = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or(ProxyError::BadRequest("invalid content-length"))?;
+    if length > limit {
+        return Err(ProxyError::BodyTooLarge(limit));
+    }
+    Ok(())
+}
+
+/// Sets the URI (and `Host`) the way `endpoint`'s protocol wants them: origin form with a
+/// `Host` header for HTTP/1.1, absolute form with `:authority` for HTTP/2.
+fn target_request(request: &mut Request<RequestBody>, endpoint: &Endpoint, host: Option<&HeaderValue>) {
+    let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match endpoint.protocol() {
+        Protocol::Http1 => {
+            if request.uri().scheme().is_some() || request.uri().authority().is_some() {
+                *request.uri_mut() = Uri::from(path);
+            }
+            if let (false, Some(host)) = (request.headers().contains_key(header::HOST), host) {
+                request.headers_mut().insert(header::HOST, host.clone());
+            }
+        }
+        Protocol::Http2 => {
+            let authority = host
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+                .unwrap_or_else(|| endpoint.authority().clone());
+            let mut parts = http::uri::Parts::default();
+            parts.scheme = Some(Scheme::HTTP);
+            parts.authority = Some(authority);
+            parts.path_and_query = Some(path);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+            request.headers_mut().remove(header::HOST);
+        }
+    }
+}
+
+/// Sends to a P2C-chosen endpoint; if it cannot be reached and nothing was sent, once more to
+/// another endpoint of the same version. Bounded as a whole by `response_headers`.
+async fn send_with_retry(
+    table: &RoutingTable,
+    version: &Version,
+    mut request: Request<RequestBody>,
+    host: Option<HeaderValue>,
+) -> Result<(Response<Incoming>, upstream::Lease, Arc<Endpoint>), ProxyError> {
+    let limits = &table.limits;
+    let no_version = || ProxyError::NoVersion(version.name.clone());
+    let mut endpoint = Arc::clone(upstream::pick(&version.endpoints, None).ok_or_else(no_version)?);
+    let deadline = tokio::time::Instant::now() + limits.response_headers;
+    let timeout = |endpoint: &Arc<Endpoint>| ProxyError::Timeout { endpoint: endpoint.label.clone(), timeout: limits.response_headers };
+
+    for attempt in 0..2 {
+        target_request(&mut request, &endpoint, host.as_ref());
+        let sent = tokio::time::timeout_at(deadline, Endpoint::send(endpoint.begin(), request, limits)).await;
+        let failure = match sent {
+            Err(_) => return Err(timeout(&endpoint)),
+            Ok(Ok((response, lease))) => return Ok((response, lease, endpoint)),
+            Ok(Err(failure)) => failure,
+        };
+        let retryable = matches!(failure.kind, upstream::FailureKind::Connect(_)) && attempt == 0;
+        let next = retryable.then(|| upstream::pick(&version.endpoints, Some(&endpoint))).flatten();
+        match (failure.unsent, next) {
+            (Some(unsent), Some(next)) => {
+                tracing::debug!(endpoint = %endpoint.label, retry = %next.label, "connect failed; retrying once");
+                request = unsent;
+                endpoint = Arc::clone(next);
+            }
+            (unsent, _) => {
+                let failure = upstream::SendFailure { kind: failure.kind, unsent };
+                return Err(ProxyError::from_send(failure, endpoint.label.clone(), limits.max_request_body));
+            }
+        }
+    }
+    Err(timeout(&endpoint))
+}
+
+/// Copies bytes both ways between an upgraded client and upstream connection.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, endpoint: Arc<str>) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!(%endpoint, error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!(%endpoint, error = %e, "upgraded connection ended");
+    }
+}

@@ -1,0 +1,150 @@
+//! Request path, steps 5 and 6 (upstream side): endpoints, the least-loaded-of-two choice
+//! between them, and sending a request over a pooled connection.
+//!
+//! An [`Endpoint`] outlives routing tables: [`Upstreams`] interns one per address and
+//! protocol, so a table swap keeps every pooled connection warm.
+
+mod pool;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::config::{EndpointAddr, Protocol};
+
+pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure};
+use pool::Pool;
+
+/// One upstream address of a version.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where it is.
+    pub addr: EndpointAddr,
+    /// `host:port`, for logs and errors.
+    pub label: Arc<str>,
+    /// `host:port` as a URI authority, for HTTP/2 requests that carry no `Host`.
+    authority: http::uri::Authority,
+    protocol: Protocol,
+    /// Requests sent here whose response has not finished: the load P2C compares.
+    inflight: AtomicUsize,
+    pool: Pool,
+}
+
+impl Endpoint {
+    fn new(addr: EndpointAddr, protocol: Protocol) -> Self {
+        let label: Arc<str> = Arc::from(addr.to_string());
+        let authority = label.parse().unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
+        Self { addr, label, authority, protocol, inflight: AtomicUsize::new(0), pool: Pool::new(protocol) }
+    }
+
+    /// Requests in flight to this endpoint.
+    pub fn inflight(&self) -> usize {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request as in flight until the returned guard drops.
+    pub fn begin(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(Arc::clone(self))
+    }
+}
+
+/// Decrements an endpoint's in-flight count when dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Endpoint>);
+
+impl InflightGuard {
+    /// The endpoint this request goes to.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.0
+    }
+}
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Registry of endpoints shared by all routing-table revisions.
+#[derive(Debug, Default)]
+pub struct Upstreams {
+    // Locked only while a table is built, never on the request path.
+    endpoints: Mutex<HashMap<(EndpointAddr, Protocol), Weak<Endpoint>>>,
+}
+
+impl Upstreams {
+    /// The endpoint for `addr` and `protocol`: the live one if a table still holds it.
+    pub fn endpoint(&self, addr: &EndpointAddr, protocol: Protocol) -> Arc<Endpoint> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        endpoints.retain(|_, weak| weak.strong_count() > 0);
+        let key = (addr.clone(), protocol);
+        if let Some(live) = endpoints.get(&key).and_then(Weak::upgrade) {
+            return live;
+        }
+        let endpoint = Arc::new(Endpoint::new(addr.clone(), protocol));
+        endpoints.insert(key, Arc::downgrade(&endpoint));
+        endpoint
+    }
+}
+
+/// Power of two choices: of two distinct random endpoints, the one with fewer requests in
+/// flight. `exclude` (an endpoint that just failed to connect) is never chosen.
+pub fn pick<'a>(endpoints: &'a [Arc<Endpoint>], exclude: Option<&Arc<Endpoint>>) -> Option<&'a Arc<Endpoint>> {
+    let allowed = |e: &&Arc<Endpoint>| exclude.is_none_or(|x| !Arc::ptr_eq(e, x));
+    let count = endpoints.iter().filter(allowed).count();
+    let nth = |n: usize| endpoints.iter().filter(allowed).nth(n);
+    match count {
+        0 => None,
+        1 => nth(0),
+        _ => {
+            let a = fastrand::usize(..count);
+            let b = (a + 1 + fastrand::usize(..count - 1)) % count;
+            let (ea, eb) = (nth(a)?, nth(b)?);
+            Some(if eb.inflight() < ea.inflight() { eb } else { ea })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
+        let upstreams = Upstreams::default();
+        (0..n)
+            .map(|i| upstreams.endpoint(&EndpointAddr { host: "127.0.0.1".into(), port: 9000 + i }, Protocol::Http1))
+            .collect()
+    }
+
+    #[test]
+    fn p2c_prefers_the_less_loaded() {
+        let eps = endpoints(2);
+        let _busy: Vec<_> = (0..5).map(|_| eps[0].begin()).collect();
+        for _ in 0..100 {
+            assert!(Arc::ptr_eq(pick(&eps, None).expect("some"), &eps[1]), "the idle endpoint must win");
+        }
+    }
+
+    #[test]
+    fn p2c_spreads_and_respects_exclude() {
+        let eps = endpoints(3);
+        let mut seen = [0; 3];
+        for _ in 0..300 {
+            let e = pick(&eps, Some(&eps[1])).expect("two remain");
+            seen[eps.iter().position(|x| Arc::ptr_eq(x, e)).expect("from the list")] += 1;
+        }
+        assert_eq!(seen[1], 0, "excluded endpoint chosen");
+        assert!(seen[0] > 50 && seen[2] > 50, "{seen:?}");
+        assert!(pick(&eps[..1], Some(&eps[0])).is_none());
+    }
+
+    #[test]
+    fn upstreams_intern_endpoints() {
+        let upstreams = Upstreams::default();
+        let addr = EndpointAddr { host: "a".into(), port: 1 };
+        let a = upstreams.endpoint(&addr, Protocol::Http1);
+        assert!(Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http1)));
+        assert!(!Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http2)));
+    }
+}

@@ -1,0 +1,284 @@
+//! Upstream connections: a bounded, lock-free queue of idle HTTP/1.1 connections per endpoint,
+//! or one shared multiplexed HTTP/2 connection, built on hyper's `client::conn`.
+//!
+//! Requests are sent in origin form with the client's `Host`, so nothing is formatted per
+//! request. A pooled connection that turns out to be closed gives the request back unsent
+//! (`try_send_request`), and it goes out on a fresh connection instead.
+
+use std::error::Error as StdError;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpStream;
+
+use super::{Endpoint, InflightGuard};
+use crate::config::{Limits, Protocol};
+
+/// Idle HTTP/1.1 connections kept per endpoint; more are closed rather than queued.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// The request body sent upstream: the client's body, cut off past the size limit.
+#[derive(Debug)]
+pub struct RequestBody {
+    inner: Incoming,
+    remaining: u64,
+}
+
+/// The client sent more than `max_request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the configured limit")]
+pub struct BodyTooLarge;
+
+impl RequestBody {
+    /// Wraps a client body that may carry at most `limit` bytes.
+    pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self { inner, remaining: limit }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = data.len() as u64;
+                    if len > this.remaining {
+                        this.remaining = 0;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
+                    this.remaining -= len;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            other => other.map(|_| None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// True when `error` (or anything it wraps) is the body limit being exceeded.
+pub fn is_body_too_large(error: &(dyn StdError + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<BodyTooLarge>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}
+
+struct Idle {
+    sender: http1::SendRequest<RequestBody>,
+    since: Instant,
+}
+
+/// An endpoint's connections.
+pub(super) struct Pool {
+    idle: Option<ArrayQueue<Idle>>,
+    h2: ArcSwapOption<http2::SendRequest<RequestBody>>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool").field("idle", &self.idle.as_ref().map(ArrayQueue::len)).finish()
+    }
+}
+
+impl Pool {
+    pub(super) fn new(protocol: Protocol) -> Self {
+        match protocol {
+            Protocol::Http1 => Self { idle: Some(ArrayQueue::new(MAX_IDLE_PER_ENDPOINT)), h2: ArcSwapOption::empty() },
+            Protocol::Http2 => Self { idle: None, h2: ArcSwapOption::empty() },
+        }
+    }
+
+    /// A pooled HTTP/1.1 connection that is ready and not idle for too long.
+    fn take_idle(&self, limits: &Limits) -> Option<http1::SendRequest<RequestBody>> {
+        let idle = self.idle.as_ref()?;
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < limits.idle && entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+}
+
+/// Why a request got no response. `unsent` gives the request back when nothing of it reached
+/// the upstream, so it may be retried elsewhere.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// The request, if it was never sent.
+    pub unsent: Option<Request<RequestBody>>,
+}
+
+/// Kinds of upstream failure.
+#[derive(Debug)]
+pub enum FailureKind {
+    /// TCP connect or protocol handshake failed or timed out.
+    Connect(BoxError),
+    /// The connection failed after the request was (partly) sent.
+    Reset(hyper::Error),
+}
+
+/// Keeps an endpoint's in-flight count and, for HTTP/1.1, the connection until the response
+/// body is done; then the connection goes back to the pool.
+#[derive(Debug)]
+pub struct Lease {
+    guard: InflightGuard,
+    sender: Option<http1::SendRequest<RequestBody>>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let Some(mut sender) = self.sender.take() else { return };
+        let endpoint = Arc::clone(self.guard.endpoint());
+        let give_back = move |sender| {
+            if let Some(idle) = endpoint.pool.idle.as_ref() {
+                let _ = idle.push(Idle { sender, since: Instant::now() });
+            }
+        };
+        if sender.is_ready() {
+            give_back(sender);
+        } else if !sender.is_closed() {
+            // The connection finishes reading the response in its own task; it can take the
+            // next request once that is done.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    if sender.ready().await.is_ok() {
+                        give_back(sender);
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Endpoint {
+    /// Sends `request` to this endpoint over a pooled or new connection.
+    pub async fn send(
+        guard: InflightGuard,
+        mut request: Request<RequestBody>,
+        limits: &Limits,
+    ) -> Result<(Response<Incoming>, Lease), SendFailure> {
+        let endpoint = Arc::clone(guard.endpoint());
+        if endpoint.protocol == Protocol::Http2 {
+            *request.version_mut() = http::Version::HTTP_2;
+            let mut sender = match endpoint.h2_sender(limits).await {
+                Ok(sender) => sender,
+                Err(e) => return Err(SendFailure { kind: FailureKind::Connect(e), unsent: Some(request) }),
+            };
+            return match sender.try_send_request(request).await {
+                Ok(response) => Ok((response, Lease { guard, sender: None })),
+                Err(mut e) => {
+                    endpoint.pool.h2.store(None);
+                    let unsent = e.take_message();
+                    Err(SendFailure { kind: FailureKind::Reset(e.into_error()), unsent })
+                }
+            };
+        }
+
+        *request.version_mut() = http::Version::HTTP_11;
+        if let Some(mut sender) = endpoint.pool.take_idle(limits) {
+            match sender.try_send_request(request).await {
+                Ok(response) => return Ok((response, Lease { guard, sender: Some(sender) })),
+                // Closed before our request was written: safe to send on a fresh connection.
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => request = unsent,
+                    None => return Err(SendFailure { kind: FailureKind::Reset(e.into_error()), unsent: None }),
+                },
+            }
+        }
+        let mut sender = match endpoint.h1_connect(limits).await {
+            Ok(sender) => sender,
+            Err(e) => return Err(SendFailure { kind: FailureKind::Connect(e), unsent: Some(request) }),
+        };
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok((response, Lease { guard, sender: Some(sender) })),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                Err(SendFailure { kind: FailureKind::Reset(e.into_error()), unsent })
+            }
+        }
+    }
+
+    async fn tcp_connect(&self, limits: &Limits) -> Result<TcpStream, BoxError> {
+        let connect = TcpStream::connect((self.addr.host.as_str(), self.addr.port));
+        let stream = tokio::time::timeout(limits.connect, connect)
+            .await
+            .map_err(|_| format!("connect timed out after {:?}", limits.connect))??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    async fn h1_connect(&self, limits: &Limits) -> Result<http1::SendRequest<RequestBody>, BoxError> {
+        let stream = self.tcp_connect(limits).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let label = Arc::clone(&self.label);
+        tokio::spawn(async move {
+            if let Err(e) = connection.with_upgrades().await {
+                tracing::debug!(endpoint = %label, error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    /// The shared HTTP/2 connection, opened on first use or after it closed.
+    async fn h2_sender(&self, limits: &Limits) -> Result<http2::SendRequest<RequestBody>, BoxError> {
+        if let Some(sender) = self.pool.h2.load().as_deref() {
+            if !sender.is_closed() {
+                return Ok(sender.clone());
+            }
+        }
+        let stream = self.tcp_connect(limits).await?;
+        let handshake = http2::handshake(TokioExecutor::new(), TokioIo::new(stream));
+        let (sender, connection) = tokio::time::timeout(limits.connect, handshake)
+            .await
+            .map_err(|_| format!("HTTP/2 handshake timed out after {:?}", limits.connect))??;
+        let label = Arc::clone(&self.label);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(endpoint = %label, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        self.pool.h2.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+
+    /// The `host:port` authority of this endpoint.
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
+    }
+
+    /// The upstream protocol.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
+    }
+}
