@@ -1,0 +1,119 @@
+//! Hop-by-hop headers, X-Forwarded-*, Host, and a WebSocket upgrade, over raw TCP so the test
+//! controls every byte the client sends.
+
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderMap, Response, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// Reads from `stream` until the end of a response head; returns the head.
+async fn read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = within("response head", stream.read(&mut byte)).await.expect("read");
+        assert!(n > 0, "connection closed mid-head: {}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    String::from_utf8(head).expect("utf-8 head")
+}
+
+fn header_lines(head: &str) -> Vec<String> {
+    head.lines().skip(1).filter(|l| !l.is_empty()).map(str::to_ascii_lowercase).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hop_by_hop_removed_and_forwarded_headers_set() {
+    let received: Arc<Mutex<Option<HeaderMap>>> = Arc::default();
+    let store = Arc::clone(&received);
+    let up = Upstream::start(move |request| {
+        *store.lock().expect("lock") = Some(request.headers().clone());
+        async move {
+            Response::builder()
+                .header("keep-alive", "timeout=99")
+                .header("connection", "x-upstream-private")
+                .header("x-upstream-private", "secret")
+                .header("x-upstream-public", "yes")
+                .body(full("ok"))
+                .expect("response")
+        }
+    })
+    .await;
+    let proxy = proxy(&service("h", "{}", &[("v", &[up.addr], 1)])).await;
+
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = "GET /h?q=1 HTTP/1.1\r\nHost: shop.test:8080\r\nConnection: keep-alive, x-secret\r\n\
+        X-Secret: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nTE: gzip\r\n\
+        X-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Host: spoofed\r\nX-Kept: yes\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let lines = header_lines(&head);
+    assert!(lines.contains(&"x-upstream-public: yes".to_owned()), "{lines:?}");
+    for gone in ["x-upstream-private", "keep-alive"] {
+        assert!(!lines.iter().any(|l| l.starts_with(gone)), "{gone} must not reach the client: {lines:?}");
+    }
+
+    let headers = received.lock().expect("lock").clone().expect("upstream got the request");
+    for gone in ["connection", "x-secret", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
+        assert!(headers.get(gone).is_none(), "{gone} must not reach the upstream: {headers:?}");
+    }
+    assert_eq!(headers["x-kept"], "yes");
+    assert_eq!(headers["host"], "shop.test:8080", "Host is kept");
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "shop.test:8080");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_echoes_both_ways() {
+    let up = Upstream::start(|mut request| async move {
+        if request.headers().get("upgrade").map(|v| v.as_bytes()) != Some(b"websocket") {
+            return Response::builder().status(StatusCode::BAD_REQUEST).body(full("want an upgrade")).expect("response");
+        }
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(upgrade.await.expect("upstream upgrade"));
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = io.read(&mut buf).await.expect("read");
+                if n == 0 {
+                    return;
+                }
+                io.write_all(&buf[..n]).await.expect("echo");
+            }
+        });
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+            .body(empty())
+            .expect("response")
+    })
+    .await;
+    let proxy = proxy(&service("ws", "{}", &[("v", &[up.addr], 1)])).await;
+
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = "GET /chat HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    let lines = header_lines(&head);
+    assert!(lines.contains(&"upgrade: websocket".to_owned()), "{lines:?}");
+    assert!(lines.contains(&"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=".to_owned()), "{lines:?}");
+
+    // A masked text frame "hello", then a second one: each must come back byte for byte.
+    for message in [&[0x81u8, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1][..], b"second message"] {
+        stream.write_all(message).await.expect("write frame");
+        let mut echoed = vec![0u8; message.len()];
+        within("echo", stream.read_exact(&mut echoed)).await.expect("read echo");
+        assert_eq!(echoed, message);
+    }
+    proxy.shutdown().await;
+}

@@ -1,0 +1,238 @@
+//! Fixtures: upstream servers and a proxy on 127.0.0.1:0, HTTP clients, and polling waits.
+
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Body type of test requests and upstream responses.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// How long any wait in a test may take before it fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|e: Infallible| match e {}).boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A body fed from a channel, so a test decides when each chunk (or trailer) is sent.
+pub struct ChannelBody(mpsc::Receiver<Frame<Bytes>>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|f| f.map(Ok))
+    }
+}
+
+pub fn channel_body(buffer: usize) -> (mpsc::Sender<Frame<Bytes>>, Body) {
+    let (tx, rx) = mpsc::channel(buffer);
+    (tx, ChannelBody(rx).boxed())
+}
+
+/// Polls `check` until it is true, failing the test after [`DEADLINE`].
+pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Awaits `future`, failing the test after [`DEADLINE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(DEADLINE, future).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
+/// An HTTP server standing in for one upstream endpoint (HTTP/1.1 and h2c, with upgrades).
+pub struct Upstream {
+    pub addr: SocketAddr,
+    /// Requests received.
+    pub hits: Arc<AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl Upstream {
+    /// Serves every request with `handler`.
+    pub async fn start<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<Body>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind upstream");
+        let addr = listener.local_addr().expect("addr");
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (stop, mut stopped) = oneshot::channel();
+        let handler = Arc::new(handler);
+        let counter = Arc::clone(&hits);
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    accepted = listener.accept() => accepted.expect("accept"),
+                    _ = &mut stopped => return,
+                };
+                let handler = Arc::clone(&handler);
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let response = handler(request);
+                        async move { Ok::<_, Infallible>(response.await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, _stop: stop }
+    }
+
+    /// Answers every request with 200 and `name` as the body.
+    pub async fn named(name: &'static str) -> Upstream {
+        Upstream::start(move |_| async move { Response::new(full(name)) }).await
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+/// An address where nothing listens (bound, then closed).
+pub async fn dead_addr() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    listener.local_addr().expect("addr")
+}
+
+/// A running proxy.
+pub struct TestProxy {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the proxy with `services` (YAML, the `services:` list) and optional `defaults`.
+pub async fn proxy(services: &str) -> TestProxy {
+    proxy_with(services, "").await
+}
+
+pub async fn proxy_with(services: &str, extra: &str) -> TestProxy {
+    let yaml = format!("listeners: [{{ name: test, address: 127.0.0.1:0 }}]\n{extra}\nservices:\n{services}");
+    let config = sluice::config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
+    let listener = TcpListener::bind(config.listeners[0].address).await.expect("bind proxy");
+    let addr = listener.local_addr().expect("addr");
+    let routing = Arc::new(sluice::Routing::new(&config));
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(sluice::run(vec![listener], routing, async move {
+        let _ = stopped.await;
+    }));
+    TestProxy { addr, stop: Some(stop), task }
+}
+
+impl TestProxy {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Signals shutdown and waits for `run` to return.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("proxy shutdown", &mut self.task).await.expect("proxy task");
+    }
+}
+
+/// A one-line service with the given versions (`name => [addr, ...]`) and weights.
+pub fn service(name: &str, matcher: &str, versions: &[(&str, &[SocketAddr], u32)]) -> String {
+    let mut out = format!("  - name: {name}\n    match: {matcher}\n    versions:\n");
+    for (version, endpoints, _) in versions {
+        let list: Vec<String> = endpoints.iter().map(ToString::to_string).collect();
+        out += &format!("      {version}: {{ endpoints: [{}] }}\n", list.join(", "));
+    }
+    let weights: Vec<String> = versions.iter().map(|(v, _, w)| format!("{v}: {w}")).collect();
+    out += &format!("    routing: {{ weights: {{ {} }} }}\n", weights.join(", "));
+    out
+}
+
+pub fn http1_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2c_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).http2_only(true).build_http()
+}
+
+/// Sends `request` and reads the whole answer.
+pub async fn send(client: &Client<HttpConnector, Body>, request: Request<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
+    let response = within("response", client.request(request)).await.expect("request failed");
+    let (parts, body) = response.into_parts();
+    let bytes = within("body", body.collect()).await.expect("body failed").to_bytes();
+    (parts.status, parts.headers, bytes)
+}
+
+/// GET `url` with an optional Host header.
+pub async fn get(client: &Client<HttpConnector, Body>, url: &str, host: Option<&str>) -> (StatusCode, Bytes) {
+    let mut builder = Request::get(url);
+    if let Some(host) = host {
+        builder = builder.header(http::header::HOST, host);
+    }
+    let (status, _, body) = send(client, builder.body(empty()).expect("request")).await;
+    (status, body)
+}
+
+/// The deterministic test pattern: byte `i` of a stream.
+pub fn pattern_byte(i: u64) -> u8 {
+    ((i * 31 + 7) % 251) as u8
+}
+
+/// `len` bytes of the pattern starting at offset `start`.
+pub fn pattern(start: u64, len: usize) -> Bytes {
+    (0..len as u64).map(|i| pattern_byte(start + i)).collect::<Vec<u8>>().into()
+}
+
+/// Reads `body` to the end, checking it against the pattern; returns its length, or the
+/// offset of the first wrong byte as an error. Calls `on_first` after the first data frame.
+pub async fn check_pattern(mut body: impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug> + Unpin, mut on_first: impl FnMut()) -> Result<u64, u64> {
+    let mut offset = 0u64;
+    while let Some(frame) = within("body frame", body.frame()).await {
+        let frame = frame.expect("body error");
+        let Ok(data) = frame.into_data() else { continue };
+        if offset == 0 && !data.is_empty() {
+            on_first();
+        }
+        for (i, b) in data.iter().enumerate() {
+            if *b != pattern_byte(offset + i as u64) {
+                return Err(offset + i as u64);
+            }
+        }
+        offset += data.len() as u64;
+    }
+    Ok(offset)
+}
