@@ -24,7 +24,9 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
             };
             tokio::spawn(async move {
                 let service = service_fn(|request| async move { Ok::<_, Infallible>(respond(&request)) });
-                let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     };
@@ -39,11 +41,16 @@ fn respond(request: &Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::GET, "/healthz") => (StatusCode::OK, "{\"status\":\"ok\"}"),
         // Listeners are bound and the config loaded before the admin listener starts.
         (&Method::GET, "/readyz") => (StatusCode::OK, "{\"status\":\"ready\"}"),
-        (_, "/healthz" | "/readyz") => (StatusCode::METHOD_NOT_ALLOWED, "{\"error\":\"method not allowed: use GET\"}"),
+        (_, "/healthz" | "/readyz") => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{\"error\":\"method not allowed: use GET\"}",
+        ),
         _ => (StatusCode::NOT_FOUND, "{\"error\":\"not found\"}"),
     };
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
 }

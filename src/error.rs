@@ -104,7 +104,9 @@ impl ProxyError {
     pub fn from_send(failure: SendFailure, endpoint: std::sync::Arc<str>, max_body: u64) -> Self {
         match failure.kind {
             FailureKind::Connect(cause) => ProxyError::Connect { endpoint, cause },
-            FailureKind::Reset(cause) if crate::upstream::is_body_too_large(&cause) => ProxyError::BodyTooLarge(max_body),
+            FailureKind::Reset(cause) if crate::upstream::is_body_too_large(&cause) => {
+                ProxyError::BodyTooLarge(max_body)
+            }
             FailureKind::Reset(cause) => ProxyError::Reset { endpoint, cause },
         }
     }
@@ -122,8 +124,22 @@ mod tests {
             (ProxyError::NoVersion(ep()), 503, Source::Routing),
             (ProxyError::BadRequest("x"), 400, Source::Downstream),
             (ProxyError::BodyTooLarge(1), 413, Source::Downstream),
-            (ProxyError::Connect { endpoint: ep(), cause: "refused".into() }, 502, Source::Upstream),
-            (ProxyError::Timeout { endpoint: ep(), timeout: std::time::Duration::from_secs(1) }, 504, Source::Upstream),
+            (
+                ProxyError::Connect {
+                    endpoint: ep(),
+                    cause: "refused".into(),
+                },
+                502,
+                Source::Upstream,
+            ),
+            (
+                ProxyError::Timeout {
+                    endpoint: ep(),
+                    timeout: std::time::Duration::from_secs(1),
+                },
+                504,
+                Source::Upstream,
+            ),
         ];
         for (error, status, source) in cases {
             assert_eq!(error.status().as_u16(), status, "{error}");

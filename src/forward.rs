@@ -31,7 +31,10 @@ impl ClientInfo {
     /// Info for a plain-TCP client at `addr`.
     pub fn plain(addr: std::net::SocketAddr) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"));
-        Self { ip, proto: HeaderValue::from_static("http") }
+        Self {
+            ip,
+            proto: HeaderValue::from_static("http"),
+        }
     }
 }
 
@@ -117,7 +120,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for (k, v) in pairs {
-            headers.append(HeaderName::from_bytes(k.as_bytes()).expect("name"), HeaderValue::from_str(v).expect("value"));
+            headers.append(
+                HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                HeaderValue::from_str(v).expect("value"),
+            );
         }
         headers
     }
@@ -151,7 +157,11 @@ mod tests {
     #[test]
     fn forwarded_headers() {
         let client = ClientInfo::plain("10.1.2.3:5555".parse().expect("addr"));
-        let mut headers = map(&[("x-forwarded-for", "1.1.1.1"), ("x-forwarded-for", "2.2.2.2"), ("x-forwarded-host", "spoof")]);
+        let mut headers = map(&[
+            ("x-forwarded-for", "1.1.1.1"),
+            ("x-forwarded-for", "2.2.2.2"),
+            ("x-forwarded-host", "spoof"),
+        ]);
         let host = HeaderValue::from_static("shop.example.com:8080");
         set_forwarded(&mut headers, &client, Some(&host));
         assert_eq!(headers["x-forwarded-for"], "1.1.1.1, 2.2.2.2, 10.1.2.3");

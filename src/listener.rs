@@ -29,19 +29,28 @@ pub async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(request_headers);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(request_headers);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
 
     let accepting = futures_util::future::join_all(
-        listeners.into_iter().map(|listener| accept_loop(listener, &proxy, &builder, &graceful)),
+        listeners
+            .into_iter()
+            .map(|listener| accept_loop(listener, &proxy, &builder, &graceful)),
     );
     tokio::select! {
         _ = accepting => {}
         () = shutdown => {}
     }
     // The accept loops are dropped here: their sockets close and new connections are refused.
-    tracing::info!(open_connections = graceful.count(), ?drain, "shutting down: draining connections");
+    tracing::info!(
+        open_connections = graceful.count(),
+        ?drain,
+        "shutting down: draining connections"
+    );
     if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
         tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
     }
@@ -72,7 +81,9 @@ async fn accept_loop(
             let client = Arc::clone(&client);
             async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
         });
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(error) = connection.await {

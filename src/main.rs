@@ -74,17 +74,18 @@ fn validate(path: &std::path::Path) -> ExitCode {
 
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = config::load(path).map_err(|errors| anyhow::anyhow!("invalid configuration {}:\n{errors}", path.display()))?;
+    let config =
+        config::load(path).map_err(|errors| anyhow::anyhow!("invalid configuration {}:\n{errors}", path.display()))?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
-    let workers = config.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let workers = config
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(workers)
         .enable_all()

@@ -16,9 +16,9 @@ use crate::body::ResponseBody;
 use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::forward::{self, ClientInfo};
+use crate::router;
 use crate::table::{Routing, RoutingTable, Service, Version};
 use crate::upstream::{self, Endpoint, RequestBody};
-use crate::router;
 
 /// The request handler, shared by every connection.
 #[derive(Debug)]
@@ -41,13 +41,20 @@ impl Proxy {
                 tracing::debug!(%method, %error, source = ?error.source_side(), "request failed");
                 let mut response = Response::new(ResponseBody::full(error.body()));
                 *response.status_mut() = error.status();
-                response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
                 response
             }
         }
     }
 
-    async fn handle_inner(&self, mut request: Request<Incoming>, client: &ClientInfo) -> Result<Response<ResponseBody>, ProxyError> {
+    async fn handle_inner(
+        &self,
+        mut request: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         // The whole request runs on the table it started with, even if a new one is published.
         let table = self.routing.load_full();
         let host = request_host(&request);
@@ -86,7 +93,10 @@ impl Proxy {
             parts.headers.insert(&forward::X_SLUICE_VERSION, version.header.clone());
         }
         parts.version = client_version;
-        Ok(Response::from_parts(parts, ResponseBody::Upstream { inner: body, lease }))
+        Ok(Response::from_parts(
+            parts,
+            ResponseBody::Upstream { inner: body, lease },
+        ))
     }
 }
 
@@ -108,7 +118,9 @@ fn pick_version(service: &Service) -> Result<&Version, ProxyError> {
 
 /// Refuses a body announced larger than the limit before anything is sent upstream.
 fn check_content_length(request: &Request<Incoming>, limit: u64) -> Result<(), ProxyError> {
-    let Some(value) = request.headers().get(header::CONTENT_LENGTH) else { return Ok(()) };
+    let Some(value) = request.headers().get(header::CONTENT_LENGTH) else {
+        return Ok(());
+    };
     let length: u64 = value
         .to_str()
         .ok()
@@ -123,7 +135,11 @@ fn check_content_length(request: &Request<Incoming>, limit: u64) -> Result<(), P
 /// Sets the URI (and `Host`) the way `endpoint`'s protocol wants them: origin form with a
 /// `Host` header for HTTP/1.1, absolute form with `:authority` for HTTP/2.
 fn target_request(request: &mut Request<RequestBody>, endpoint: &Endpoint, host: Option<&HeaderValue>) {
-    let path = request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path = request
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match endpoint.protocol() {
         Protocol::Http1 => {
             if request.uri().scheme().is_some() || request.uri().authority().is_some() {
@@ -161,7 +177,10 @@ async fn send_with_retry(
     let no_version = || ProxyError::NoVersion(version.name.clone());
     let mut endpoint = Arc::clone(upstream::pick(&version.endpoints, None).ok_or_else(no_version)?);
     let deadline = tokio::time::Instant::now() + limits.response_headers;
-    let timeout = |endpoint: &Arc<Endpoint>| ProxyError::Timeout { endpoint: endpoint.label.clone(), timeout: limits.response_headers };
+    let timeout = |endpoint: &Arc<Endpoint>| ProxyError::Timeout {
+        endpoint: endpoint.label.clone(),
+        timeout: limits.response_headers,
+    };
 
     for attempt in 0..2 {
         target_request(&mut request, &endpoint, host.as_ref());
@@ -172,7 +191,9 @@ async fn send_with_retry(
             Ok(Err(failure)) => failure,
         };
         let retryable = matches!(failure.kind, upstream::FailureKind::Connect(_)) && attempt == 0;
-        let next = retryable.then(|| upstream::pick(&version.endpoints, Some(&endpoint))).flatten();
+        let next = retryable
+            .then(|| upstream::pick(&version.endpoints, Some(&endpoint)))
+            .flatten();
         match (failure.unsent, next) {
             (Some(unsent), Some(next)) => {
                 tracing::debug!(endpoint = %endpoint.label, retry = %next.label, "connect failed; retrying once");
@@ -180,8 +201,15 @@ async fn send_with_retry(
                 endpoint = Arc::clone(next);
             }
             (unsent, _) => {
-                let failure = upstream::SendFailure { kind: failure.kind, unsent };
-                return Err(ProxyError::from_send(failure, endpoint.label.clone(), limits.max_request_body));
+                let failure = upstream::SendFailure {
+                    kind: failure.kind,
+                    unsent,
+                };
+                return Err(ProxyError::from_send(
+                    failure,
+                    endpoint.label.clone(),
+                    limits.max_request_body,
+                ));
             }
         }
     }

@@ -12,7 +12,9 @@ pub fn route<'t>(table: &'t RoutingTable, host: Option<&str>, path: &str) -> Opt
     let host = host.map(strip_port);
     let mut best: Option<(&Service, (u8, usize))> = None;
     for service in &table.services {
-        let Some(host_rank) = host_rank(&service.hosts, host) else { continue };
+        let Some(host_rank) = host_rank(&service.hosts, host) else {
+            continue;
+        };
         if !prefix_matches(&service.path_prefix, path) {
             continue;
         }
@@ -51,7 +53,13 @@ fn ends_with_ignore_case(text: &str, suffix: &str) -> bool {
 /// `host:port` → `host`; `[::1]:80` → `[::1]`.
 fn strip_port(host: &str) -> &str {
     match host.rfind(':') {
-        Some(i) if !host[i + 1..].is_empty() && host[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !host[..i].ends_with(':') => &host[..i],
+        Some(i)
+            if !host[i + 1..].is_empty()
+                && host[i + 1..].bytes().all(|b| b.is_ascii_digit())
+                && !host[..i].ends_with(':') =>
+        {
+            &host[..i]
+        }
         _ => host,
     }
 }
@@ -79,15 +87,17 @@ mod tests {
 
     #[test]
     fn precedence_table() {
-        let routing = table(&[
-            svc("any", "{}"),
-            svc("api", "{ path_prefix: /api }"),
-            svc("wild", "{ hosts: [\"*.example.com\"] }"),
-            svc("exact", "{ hosts: [shop.example.com] }"),
-            svc("exact-deep", "{ hosts: [shop.example.com], path_prefix: /api/v2 }"),
-            svc("wild-api", "{ hosts: [\"*.example.com\"], path_prefix: /api }"),
-        ]
-        .concat());
+        let routing = table(
+            &[
+                svc("any", "{}"),
+                svc("api", "{ path_prefix: /api }"),
+                svc("wild", "{ hosts: [\"*.example.com\"] }"),
+                svc("exact", "{ hosts: [shop.example.com] }"),
+                svc("exact-deep", "{ hosts: [shop.example.com], path_prefix: /api/v2 }"),
+                svc("wild-api", "{ hosts: [\"*.example.com\"], path_prefix: /api }"),
+            ]
+            .concat(),
+        );
         let table = routing.load();
         let cases = [
             (Some("other.org"), "/", Some("any")),

@@ -101,7 +101,12 @@ impl RoutingTable {
                 }
             })
             .collect();
-        Self { revision, cause, limits: config.limits, services }
+        Self {
+            revision,
+            cause,
+            limits: config.limits,
+            services,
+        }
     }
 }
 
@@ -117,7 +122,10 @@ impl Routing {
     pub fn new(config: &Config) -> Self {
         let upstreams = Upstreams::default();
         let table = RoutingTable::build(config, &upstreams, 1, Cause::Config);
-        Self { current: ArcSwap::from_pointee(table), upstreams }
+        Self {
+            current: ArcSwap::from_pointee(table),
+            upstreams,
+        }
     }
 
     /// The table in force now. Cheap; hold it only for a routing decision, not across awaits.

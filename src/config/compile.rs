@@ -17,7 +17,10 @@ struct Errors(Vec<ConfigError>);
 
 impl Errors {
     fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError { path: path.into(), message: message.into() });
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 }
 
@@ -28,17 +31,25 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
 
     if let Some(workers) = raw.workers {
         if workers == 0 || workers > MAX_WORKERS {
-            errors.push("workers", format!("{workers} is out of range: use 1 to {MAX_WORKERS}, or leave it out for one per core"));
+            errors.push(
+                "workers",
+                format!("{workers} is out of range: use 1 to {MAX_WORKERS}, or leave it out for one per core"),
+            );
         }
     }
 
     let listeners = compile_listeners(&raw, &mut errors);
     let admin = raw.admin.as_ref().and_then(|admin| {
-        units::bind_address(&admin.address).map_err(|e| errors.push("admin.address", e)).ok()
+        units::bind_address(&admin.address)
+            .map_err(|e| errors.push("admin.address", e))
+            .ok()
     });
     if let (Some(admin), true) = (admin, !listeners.is_empty()) {
         if let Some(i) = listeners.iter().position(|l| l.address == admin) {
-            errors.push("admin.address", format!("{admin} is also listeners[{i}].address: the admin API never shares a data-plane listener"));
+            errors.push(
+                "admin.address",
+                format!("{admin} is also listeners[{i}].address: the admin API never shares a data-plane listener"),
+            );
         }
     }
     let limits = compile_limits(&raw.defaults, &mut errors);
@@ -47,7 +58,13 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut services = Vec::with_capacity(raw.services.len());
     for (i, service) in raw.services.iter().enumerate() {
         if !names.insert(service.name.as_str()) {
-            errors.push(format!("services[{i}].name"), format!("\"{}\" is used by an earlier service; names must be unique", service.name));
+            errors.push(
+                format!("services[{i}].name"),
+                format!(
+                    "\"{}\" is used by an earlier service; names must be unique",
+                    service.name
+                ),
+            );
         }
         if let Some(spec) = compile_service(i, service, &mut errors, &mut warnings) {
             services.push(spec);
@@ -58,7 +75,14 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     if errors.0.is_empty() {
-        Ok(Config { workers: raw.workers, listeners, admin, limits, services, warnings })
+        Ok(Config {
+            workers: raw.workers,
+            listeners,
+            admin,
+            limits,
+            services,
+            warnings,
+        })
     } else {
         Err(ConfigErrors(errors.0))
     }
@@ -66,20 +90,38 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
 
 fn compile_listeners(raw: &RawConfig, errors: &mut Errors) -> Vec<ListenerConfig> {
     if raw.listeners.is_empty() {
-        errors.push("listeners", "at least one listener is needed, e.g. `- { name: public, address: 0.0.0.0:8080 }`");
+        errors.push(
+            "listeners",
+            "at least one listener is needed, e.g. `- { name: public, address: 0.0.0.0:8080 }`",
+        );
     }
     let mut names = HashSet::new();
     let mut listeners: Vec<ListenerConfig> = Vec::new();
     for (i, listener) in raw.listeners.iter().enumerate() {
         if !names.insert(listener.name.as_str()) {
-            errors.push(format!("listeners[{i}].name"), format!("\"{}\" is used by an earlier listener; names must be unique", listener.name));
+            errors.push(
+                format!("listeners[{i}].name"),
+                format!(
+                    "\"{}\" is used by an earlier listener; names must be unique",
+                    listener.name
+                ),
+            );
         }
         match units::bind_address(&listener.address) {
             Ok(address) => {
-                if let Some(j) = listeners.iter().position(|l| l.address == address && address.port() != 0) {
-                    errors.push(format!("listeners[{i}].address"), format!("{address} is already bound by listeners[{j}]"));
+                if let Some(j) = listeners
+                    .iter()
+                    .position(|l| l.address == address && address.port() != 0)
+                {
+                    errors.push(
+                        format!("listeners[{i}].address"),
+                        format!("{address} is already bound by listeners[{j}]"),
+                    );
                 }
-                listeners.push(ListenerConfig { name: listener.name.clone(), address });
+                listeners.push(ListenerConfig {
+                    name: listener.name.clone(),
+                    address,
+                });
             }
             Err(e) => errors.push(format!("listeners[{i}].address"), e),
         }
@@ -92,8 +134,16 @@ fn compile_limits(raw: &RawDefaults, errors: &mut Errors) -> Limits {
     let timeouts = &raw.timeouts;
     let fields = [
         ("connect", &timeouts.connect, &mut limits.connect),
-        ("request_headers", &timeouts.request_headers, &mut limits.request_headers),
-        ("response_headers", &timeouts.response_headers, &mut limits.response_headers),
+        (
+            "request_headers",
+            &timeouts.request_headers,
+            &mut limits.request_headers,
+        ),
+        (
+            "response_headers",
+            &timeouts.response_headers,
+            &mut limits.response_headers,
+        ),
         ("idle", &timeouts.idle, &mut limits.idle),
         ("drain", &timeouts.drain, &mut limits.drain),
     ];
@@ -118,19 +168,22 @@ fn compile_limits(raw: &RawDefaults, errors: &mut Errors) -> Limits {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-fn compile_service(
-    i: usize,
-    raw: &RawService,
-    errors: &mut Errors,
-    warnings: &mut Vec<String>,
-) -> Option<ServiceSpec> {
+fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &mut Vec<String>) -> Option<ServiceSpec> {
     let at = format!("services[{i}]");
     let before = errors.0.len();
     if !valid_name(&raw.name) {
-        errors.push(format!("{at}.name"), format!("\"{}\" is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'", raw.name));
+        errors.push(
+            format!("{at}.name"),
+            format!(
+                "\"{}\" is not a valid name: use 1 to 64 letters, digits, '-', '_' or '.'",
+                raw.name
+            ),
+        );
     }
 
     let mut hosts = Vec::new();
@@ -141,32 +194,50 @@ fn compile_service(
         }
     }
     if raw.matcher.hosts.as_ref().is_some_and(Vec::is_empty) {
-        errors.push(format!("{at}.match.hosts"), "is empty: list at least one host, or leave `hosts` out to match any host");
+        errors.push(
+            format!("{at}.match.hosts"),
+            "is empty: list at least one host, or leave `hosts` out to match any host",
+        );
     }
     let path_prefix = raw.matcher.path_prefix.clone().unwrap_or_else(|| "/".to_owned());
     if !path_prefix.starts_with('/') || path_prefix.contains(['?', '#', ' ']) {
-        errors.push(format!("{at}.match.path_prefix"), format!("\"{path_prefix}\" must be a path starting with '/', without query or fragment"));
+        errors.push(
+            format!("{at}.match.path_prefix"),
+            format!("\"{path_prefix}\" must be a path starting with '/', without query or fragment"),
+        );
     }
 
     if raw.versions.is_empty() {
-        errors.push(format!("{at}.versions"), "at least one version is needed, e.g. `blue: { endpoints: [127.0.0.1:9001] }`");
+        errors.push(
+            format!("{at}.versions"),
+            "at least one version is needed, e.g. `blue: { endpoints: [127.0.0.1:9001] }`",
+        );
     }
     let mut versions = Vec::with_capacity(raw.versions.len());
     for (name, version) in &raw.versions {
         let vat = format!("{at}.versions.{name}");
         if !valid_name(name) {
-            errors.push(&vat, format!("\"{name}\" is not a valid version name: use 1 to 64 letters, digits, '-', '_' or '.'"));
+            errors.push(
+                &vat,
+                format!("\"{name}\" is not a valid version name: use 1 to 64 letters, digits, '-', '_' or '.'"),
+            );
         }
         let protocol = match version.protocol.as_deref() {
             None | Some("http1") => Protocol::Http1,
             Some("http2") => Protocol::Http2,
             Some(other) => {
-                errors.push(format!("{vat}.protocol"), format!("unknown protocol \"{other}\" (protocols: http1, http2)"));
+                errors.push(
+                    format!("{vat}.protocol"),
+                    format!("unknown protocol \"{other}\" (protocols: http1, http2)"),
+                );
                 Protocol::Http1
             }
         };
         if version.endpoints.is_empty() {
-            errors.push(format!("{vat}.endpoints"), "at least one endpoint is needed, e.g. `[127.0.0.1:9001]`");
+            errors.push(
+                format!("{vat}.endpoints"),
+                "at least one endpoint is needed, e.g. `[127.0.0.1:9001]`",
+            );
         }
         let mut endpoints = Vec::with_capacity(version.endpoints.len());
         for (k, text) in version.endpoints.iter().enumerate() {
@@ -178,7 +249,12 @@ fn compile_service(
                 Err(e) => errors.push(format!("{vat}.endpoints[{k}]"), e),
             }
         }
-        versions.push(VersionSpec { name: name.clone(), protocol, endpoints, weight: 0 });
+        versions.push(VersionSpec {
+            name: name.clone(),
+            protocol,
+            endpoints,
+            weight: 0,
+        });
     }
 
     let known = || raw.versions.keys().map(String::as_str).collect::<Vec<_>>().join(", ");
@@ -186,9 +262,13 @@ fn compile_service(
         let wat = format!("{at}.routing.weights");
         match versions.iter_mut().find(|v| &v.name == name) {
             None => errors.push(wat, format!("unknown version \"{name}\" (versions: {})", known())),
-            Some(_) if weight > u64::from(u32::MAX) => {
-                errors.push(format!("{wat}.{name}"), format!("{weight} is too large: weights are shares, any scale up to {}", u32::MAX))
-            }
+            Some(_) if weight > u64::from(u32::MAX) => errors.push(
+                format!("{wat}.{name}"),
+                format!(
+                    "{weight} is too large: weights are shares, any scale up to {}",
+                    u32::MAX
+                ),
+            ),
             Some(version) => version.weight = weight as u32,
         }
     }
@@ -212,7 +292,10 @@ fn host_pattern(host: &str) -> Result<HostPattern, String> {
         None => (HostPattern::Exact(lower.clone()), lower.clone()),
     };
     let label_ok = |label: &str| {
-        !label.is_empty() && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        !label.is_empty()
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
     };
     if name.is_empty() || !name.split('.').all(label_ok) {
         return Err(format!(
@@ -262,17 +345,25 @@ services:
             "services[1].versions.a.endpoints: at least one endpoint is needed",
         ];
         for want in expected {
-            assert!(errors.iter().any(|e| e.starts_with(want)), "missing {want:?} in {errors:#?}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errors:#?}"
+            );
         }
         assert_eq!(errors.len(), expected.len(), "unexpected extra errors: {errors:#?}");
     }
 
     #[test]
     fn unknown_fields_are_errors_not_ignored() {
-        let yaml = format!("{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n    mirror: []\n");
+        let yaml = format!(
+            "{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n    mirror: []\n"
+        );
         let errors = errors_of(&yaml);
         assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with("services[0]: unknown field `mirror`"), "{errors:?}");
+        assert!(
+            errors[0].starts_with("services[0]: unknown field `mirror`"),
+            "{errors:?}"
+        );
     }
 
     #[test]
@@ -280,9 +371,15 @@ services:
         let yaml = format!("{BASE}services:\n  - name: a\n    match: {{ hosts: [\"*.Example.com\"], path_prefix: /api }}\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }}, green: {{ endpoints: [\"http://g:80\"], protocol: http2 }} }}\n    routing: {{ weights: {{ blue: 3 }} }}\n");
         let config = parse(&yaml).expect("valid");
         let service = &config.services[0];
-        assert_eq!(service.hosts, vec![crate::config::HostPattern::Suffix(".example.com".into())]);
+        assert_eq!(
+            service.hosts,
+            vec![crate::config::HostPattern::Suffix(".example.com".into())]
+        );
         assert_eq!(service.path_prefix, "/api");
-        assert_eq!(service.versions.iter().map(|v| v.weight).collect::<Vec<_>>(), vec![3, 0]);
+        assert_eq!(
+            service.versions.iter().map(|v| v.weight).collect::<Vec<_>>(),
+            vec![3, 0]
+        );
         assert_eq!(config.limits, crate::config::Limits::default());
         assert!(config.warnings.is_empty(), "{:?}", config.warnings);
     }

@@ -19,9 +19,7 @@ pub fn duration(text: &str) -> Result<Duration, String> {
 /// Parses a byte size such as `16MiB`, `64KiB`, `1MB` or `512` (bytes).
 pub fn size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
-    let split = trimmed
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(trimmed.len());
+    let split = trimmed.find(|c: char| !c.is_ascii_digit()).unwrap_or(trimmed.len());
     let (digits, unit) = trimmed.split_at(split);
     let multiplier: u64 = match unit.trim() {
         "" | "B" => 1,
@@ -31,7 +29,11 @@ pub fn size(text: &str) -> Result<u64, String> {
         "MiB" => 1 << 20,
         "GB" => 1_000_000_000,
         "GiB" => 1 << 30,
-        _ => return Err(format!("\"{text}\" has an unknown unit: use B, KB, KiB, MB, MiB, GB or GiB")),
+        _ => {
+            return Err(format!(
+                "\"{text}\" has an unknown unit: use B, KB, KiB, MB, MiB, GB or GiB"
+            ))
+        }
     };
     let number: u64 = digits
         .parse()
@@ -77,7 +79,9 @@ pub fn endpoint(text: &str) -> Result<EndpointAddr, String> {
             "\"{text}\": https endpoints need upstream TLS, which this build does not support yet; use http://"
         ));
     } else if let Some((scheme, _)) = trimmed.split_once("://") {
-        return Err(format!("\"{text}\": unknown scheme \"{scheme}\"; use host:port or http://host:port"));
+        return Err(format!(
+            "\"{text}\": unknown scheme \"{scheme}\"; use host:port or http://host:port"
+        ));
     } else {
         trimmed
     };
@@ -86,7 +90,9 @@ pub fn endpoint(text: &str) -> Result<EndpointAddr, String> {
         .parse()
         .map_err(|_| format!("\"{text}\" is not host:port; write e.g. \"127.0.0.1:9001\""))?;
     if rest.contains(['/', '?', '@']) {
-        return Err(format!("\"{text}\": an endpoint is host:port only, without a path or user"));
+        return Err(format!(
+            "\"{text}\": an endpoint is host:port only, without a path or user"
+        ));
     }
     let port = authority
         .port_u16()
@@ -95,7 +101,10 @@ pub fn endpoint(text: &str) -> Result<EndpointAddr, String> {
     if host.is_empty() {
         return Err(format!("\"{text}\" has no host"));
     }
-    Ok(EndpointAddr { host: host.to_owned(), port })
+    Ok(EndpointAddr {
+        host: host.to_owned(),
+        port,
+    })
 }
 
 #[cfg(test)]
@@ -106,13 +115,22 @@ mod tests {
     fn durations() {
         assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(duration("30").unwrap_err().contains("no unit"), "bare number must name the fix");
+        assert!(
+            duration("30").unwrap_err().contains("no unit"),
+            "bare number must name the fix"
+        );
         assert!(duration("soon").is_err());
     }
 
     #[test]
     fn sizes() {
-        for (text, want) in [("16MiB", 16 << 20), ("64KiB", 64 << 10), ("1MB", 1_000_000), ("512", 512), ("2 GiB", 2 << 30)] {
+        for (text, want) in [
+            ("16MiB", 16 << 20),
+            ("64KiB", 64 << 10),
+            ("1MB", 1_000_000),
+            ("512", 512),
+            ("2 GiB", 2 << 30),
+        ] {
             assert_eq!(size(text), Ok(want), "{text}");
         }
         for bad in ["", "MiB", "16XB", "-1", "99999999999999GiB"] {
@@ -129,9 +147,23 @@ mod tests {
             ("[::1]:8080", "::1", 8080),
         ];
         for (text, host, port) in cases {
-            assert_eq!(endpoint(text), Ok(EndpointAddr { host: host.into(), port }), "{text}");
+            assert_eq!(
+                endpoint(text),
+                Ok(EndpointAddr {
+                    host: host.into(),
+                    port
+                }),
+                "{text}"
+            );
         }
-        for bad in ["app", "https://app:443", "ftp://x:1", "http://app:80/path", ":80", "a b:1"] {
+        for bad in [
+            "app",
+            "https://app:443",
+            "ftp://x:1",
+            "http://app:80/path",
+            ":80",
+            "a b:1",
+        ] {
             assert!(endpoint(bad).is_err(), "{bad} must be rejected");
         }
         assert_eq!(endpoint("[::1]:8080").unwrap().to_string(), "[::1]:8080");

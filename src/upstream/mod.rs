@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::{EndpointAddr, Protocol};
 
-pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure};
 use pool::Pool;
+pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure};
 
 /// One upstream address of a version.
 #[derive(Debug)]
@@ -33,8 +33,17 @@ pub struct Endpoint {
 impl Endpoint {
     fn new(addr: EndpointAddr, protocol: Protocol) -> Self {
         let label: Arc<str> = Arc::from(addr.to_string());
-        let authority = label.parse().unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
-        Self { addr, label, authority, protocol, inflight: AtomicUsize::new(0), pool: Pool::new(protocol) }
+        let authority = label
+            .parse()
+            .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
+        Self {
+            addr,
+            label,
+            authority,
+            protocol,
+            inflight: AtomicUsize::new(0),
+            pool: Pool::new(protocol),
+        }
     }
 
     /// Requests in flight to this endpoint.
@@ -113,7 +122,15 @@ mod tests {
     fn endpoints(n: u16) -> Vec<Arc<Endpoint>> {
         let upstreams = Upstreams::default();
         (0..n)
-            .map(|i| upstreams.endpoint(&EndpointAddr { host: "127.0.0.1".into(), port: 9000 + i }, Protocol::Http1))
+            .map(|i| {
+                upstreams.endpoint(
+                    &EndpointAddr {
+                        host: "127.0.0.1".into(),
+                        port: 9000 + i,
+                    },
+                    Protocol::Http1,
+                )
+            })
             .collect()
     }
 
@@ -122,7 +139,10 @@ mod tests {
         let eps = endpoints(2);
         let _busy: Vec<_> = (0..5).map(|_| eps[0].begin()).collect();
         for _ in 0..100 {
-            assert!(Arc::ptr_eq(pick(&eps, None).expect("some"), &eps[1]), "the idle endpoint must win");
+            assert!(
+                Arc::ptr_eq(pick(&eps, None).expect("some"), &eps[1]),
+                "the idle endpoint must win"
+            );
         }
     }
 
@@ -142,7 +162,10 @@ mod tests {
     #[test]
     fn upstreams_intern_endpoints() {
         let upstreams = Upstreams::default();
-        let addr = EndpointAddr { host: "a".into(), port: 1 };
+        let addr = EndpointAddr {
+            host: "a".into(),
+            port: 1,
+        };
         let a = upstreams.endpoint(&addr, Protocol::Http1);
         assert!(Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http1)));
         assert!(!Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http2)));

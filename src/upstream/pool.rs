@@ -44,7 +44,10 @@ pub struct BodyTooLarge;
 impl RequestBody {
     /// Wraps a client body that may carry at most `limit` bytes.
     pub fn new(inner: Incoming, limit: u64) -> Self {
-        Self { inner, remaining: limit }
+        Self {
+            inner,
+            remaining: limit,
+        }
     }
 }
 
@@ -105,15 +108,23 @@ pub(super) struct Pool {
 
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pool").field("idle", &self.idle.as_ref().map(ArrayQueue::len)).finish()
+        f.debug_struct("Pool")
+            .field("idle", &self.idle.as_ref().map(ArrayQueue::len))
+            .finish()
     }
 }
 
 impl Pool {
     pub(super) fn new(protocol: Protocol) -> Self {
         match protocol {
-            Protocol::Http1 => Self { idle: Some(ArrayQueue::new(MAX_IDLE_PER_ENDPOINT)), h2: ArcSwapOption::empty() },
-            Protocol::Http2 => Self { idle: None, h2: ArcSwapOption::empty() },
+            Protocol::Http1 => Self {
+                idle: Some(ArrayQueue::new(MAX_IDLE_PER_ENDPOINT)),
+                h2: ArcSwapOption::empty(),
+            },
+            Protocol::Http2 => Self {
+                idle: None,
+                h2: ArcSwapOption::empty(),
+            },
         }
     }
 
@@ -162,7 +173,10 @@ impl Drop for Lease {
         let endpoint = Arc::clone(self.guard.endpoint());
         let give_back = move |sender| {
             if let Some(idle) = endpoint.pool.idle.as_ref() {
-                let _ = idle.push(Idle { sender, since: Instant::now() });
+                let _ = idle.push(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
             }
         };
         if sender.is_ready() {
@@ -193,14 +207,22 @@ impl Endpoint {
             *request.version_mut() = http::Version::HTTP_2;
             let mut sender = match endpoint.h2_sender(limits).await {
                 Ok(sender) => sender,
-                Err(e) => return Err(SendFailure { kind: FailureKind::Connect(e), unsent: Some(request) }),
+                Err(e) => {
+                    return Err(SendFailure {
+                        kind: FailureKind::Connect(e),
+                        unsent: Some(request),
+                    })
+                }
             };
             return match sender.try_send_request(request).await {
                 Ok(response) => Ok((response, Lease { guard, sender: None })),
                 Err(mut e) => {
                     endpoint.pool.h2.store(None);
                     let unsent = e.take_message();
-                    Err(SendFailure { kind: FailureKind::Reset(e.into_error()), unsent })
+                    Err(SendFailure {
+                        kind: FailureKind::Reset(e.into_error()),
+                        unsent,
+                    })
                 }
             };
         }
@@ -208,23 +230,50 @@ impl Endpoint {
         *request.version_mut() = http::Version::HTTP_11;
         if let Some(mut sender) = endpoint.pool.take_idle(limits) {
             match sender.try_send_request(request).await {
-                Ok(response) => return Ok((response, Lease { guard, sender: Some(sender) })),
+                Ok(response) => {
+                    return Ok((
+                        response,
+                        Lease {
+                            guard,
+                            sender: Some(sender),
+                        },
+                    ))
+                }
                 // Closed before our request was written: safe to send on a fresh connection.
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
-                    None => return Err(SendFailure { kind: FailureKind::Reset(e.into_error()), unsent: None }),
+                    None => {
+                        return Err(SendFailure {
+                            kind: FailureKind::Reset(e.into_error()),
+                            unsent: None,
+                        })
+                    }
                 },
             }
         }
         let mut sender = match endpoint.h1_connect(limits).await {
             Ok(sender) => sender,
-            Err(e) => return Err(SendFailure { kind: FailureKind::Connect(e), unsent: Some(request) }),
+            Err(e) => {
+                return Err(SendFailure {
+                    kind: FailureKind::Connect(e),
+                    unsent: Some(request),
+                })
+            }
         };
         match sender.try_send_request(request).await {
-            Ok(response) => Ok((response, Lease { guard, sender: Some(sender) })),
+            Ok(response) => Ok((
+                response,
+                Lease {
+                    guard,
+                    sender: Some(sender),
+                },
+            )),
             Err(mut e) => {
                 let unsent = e.take_message();
-                Err(SendFailure { kind: FailureKind::Reset(e.into_error()), unsent })
+                Err(SendFailure {
+                    kind: FailureKind::Reset(e.into_error()),
+                    unsent,
+                })
             }
         }
     }

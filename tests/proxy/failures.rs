@@ -14,7 +14,10 @@ async fn refused_connection_is_502() {
     let dead = dead_addr().await;
     let proxy = proxy(&service("gone", "{}", &[("v", &[dead], 1)])).await;
     let (status, body) = get(&http1_client(), &proxy.url("/"), None).await;
-    assert_eq!((status, &body[..]), (StatusCode::BAD_GATEWAY, &b"upstream unavailable\n"[..]));
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::BAD_GATEWAY, &b"upstream unavailable\n"[..])
+    );
     proxy.shutdown().await;
 }
 
@@ -25,7 +28,9 @@ async fn failed_connect_is_retried_once_on_another_endpoint() {
     let proxy = proxy(&service("half", "{}", &[("v", &[dead, live.addr], 1)])).await;
     let client = http1_client();
     for i in 0..40 {
-        let request = Request::post(proxy.url("/")).body(full(format!("body {i}"))).expect("request");
+        let request = Request::post(proxy.url("/"))
+            .body(full(format!("body {i}")))
+            .expect("request");
         let (status, _, body) = send(&client, request).await;
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"live"[..]), "request {i}");
     }
@@ -51,7 +56,10 @@ async fn upstream_without_response_headers_in_time_is_504() {
     )
     .await;
     let (status, body) = get(&http1_client(), &proxy.url("/"), None).await;
-    assert_eq!((status, &body[..]), (StatusCode::GATEWAY_TIMEOUT, &b"upstream timed out\n"[..]));
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::GATEWAY_TIMEOUT, &b"upstream timed out\n"[..])
+    );
     assert_eq!(up.hits(), 1);
     release.notify_waiters();
     proxy.shutdown().await;
@@ -61,21 +69,34 @@ async fn upstream_without_response_headers_in_time_is_504() {
 async fn body_over_the_limit_is_413() {
     let up = Upstream::start(|request| async move {
         use http_body_util::BodyExt;
-        let len = request.into_body().collect().await.map(|c| c.to_bytes().len()).unwrap_or(0);
+        let len = request
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes().len())
+            .unwrap_or(0);
         Response::new(full(format!("got {len}")))
     })
     .await;
-    let proxy = proxy_with(&service("small", "{}", &[("v", &[up.addr], 1)]), "defaults: { max_request_body: 1KiB }").await;
+    let proxy = proxy_with(
+        &service("small", "{}", &[("v", &[up.addr], 1)]),
+        "defaults: { max_request_body: 1KiB }",
+    )
+    .await;
     let client = http1_client();
 
     // Announced by Content-Length: refused before the upstream hears of it.
-    let request = Request::post(proxy.url("/")).body(full(vec![b'x'; 2000])).expect("request");
+    let request = Request::post(proxy.url("/"))
+        .body(full(vec![b'x'; 2000]))
+        .expect("request");
     let (status, _, _) = send(&client, request).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(up.hits(), 0);
 
     // At the limit exactly: passes.
-    let request = Request::post(proxy.url("/")).body(full(vec![b'x'; 1024])).expect("request");
+    let request = Request::post(proxy.url("/"))
+        .body(full(vec![b'x'; 1024]))
+        .expect("request");
     let (status, _, body) = send(&client, request).await;
     assert_eq!((status, &body[..]), (StatusCode::OK, &b"got 1024"[..]));
 
@@ -99,7 +120,9 @@ async fn malformed_request_is_400() {
         let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
         stream.write_all(garbage.as_bytes()).await.expect("write");
         let mut answer = Vec::new();
-        within("400 and close", stream.read_to_end(&mut answer)).await.expect("read");
+        within("400 and close", stream.read_to_end(&mut answer))
+            .await
+            .expect("read");
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 400"), "{garbage:?} got {answer:?}");
     }

@@ -10,15 +10,26 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_client_reaches_an_http1_upstream() {
     let up = Upstream::start(|request| async move {
-        let host = request.headers().get("host").map(|h| h.to_str().unwrap_or("?").to_owned());
-        Response::new(full(format!("{:?} host={host:?} path={}", request.version(), request.uri())))
+        let host = request
+            .headers()
+            .get("host")
+            .map(|h| h.to_str().unwrap_or("?").to_owned());
+        Response::new(full(format!(
+            "{:?} host={host:?} path={}",
+            request.version(),
+            request.uri()
+        )))
     })
     .await;
     let proxy = proxy(&service("h2", "{}", &[("v", &[up.addr], 1)])).await;
     let client = h2c_client();
     for i in 0..3 {
-        let request = Request::get(proxy.url(&format!("/item/{i}?x=1"))).body(empty()).expect("request");
-        let response = within("h2 response", client.request(request)).await.expect("h2 request");
+        let request = Request::get(proxy.url(&format!("/item/{i}?x=1")))
+            .body(empty())
+            .expect("request");
+        let response = within("h2 response", client.request(request))
+            .await
+            .expect("h2 request");
         assert_eq!(response.version(), Version::HTTP_2, "client spoke h2c to the proxy");
         let body = response.into_body().collect().await.expect("body").to_bytes();
         let want = format!("HTTP/1.1 host={:?} path=/item/{i}?x=1", Some(proxy.addr.to_string()));
@@ -38,18 +49,26 @@ async fn grpc_trailers_pass_end_to_end_over_http2() {
         let data = collected.to_bytes();
         let (tx, body) = channel_body(4);
         tokio::spawn(async move {
-            let echo = format!("{version:?} te={te:?} trailer={request_trailer:?} data={}", String::from_utf8_lossy(&data));
+            let echo = format!(
+                "{version:?} te={te:?} trailer={request_trailer:?} data={}",
+                String::from_utf8_lossy(&data)
+            );
             tx.send(Frame::data(echo.into())).await.expect("data");
             let mut trailers = HeaderMap::new();
             trailers.insert("grpc-status", HeaderValue::from_static("0"));
             trailers.insert("grpc-message", HeaderValue::from_static("done"));
             tx.send(Frame::trailers(trailers)).await.expect("trailers");
         });
-        Response::builder().header("content-type", "application/grpc").body(body).expect("response")
+        Response::builder()
+            .header("content-type", "application/grpc")
+            .body(body)
+            .expect("response")
     })
     .await;
-    let upstream = service("grpc", "{}", &[("v", &[up.addr], 1)])
-        .replace(&format!("{{ endpoints: [{}] }}", up.addr), &format!("{{ endpoints: [{}], protocol: http2 }}", up.addr));
+    let upstream = service("grpc", "{}", &[("v", &[up.addr], 1)]).replace(
+        &format!("{{ endpoints: [{}] }}", up.addr),
+        &format!("{{ endpoints: [{}], protocol: http2 }}", up.addr),
+    );
     let proxy = proxy(&upstream).await;
 
     let (tx, body) = channel_body(4);
@@ -63,7 +82,9 @@ async fn grpc_trailers_pass_end_to_end_over_http2() {
         .header("te", "trailers")
         .body(body)
         .expect("request");
-    let response = within("grpc response", h2c_client().request(request)).await.expect("request");
+    let response = within("grpc response", h2c_client().request(request))
+        .await
+        .expect("request");
     assert_eq!(response.status(), StatusCode::OK);
     let collected = within("grpc body", response.into_body().collect()).await.expect("body");
     let trailers = collected.trailers().cloned().expect("response trailers must arrive");

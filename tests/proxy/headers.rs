@@ -22,7 +22,11 @@ async fn read_head(stream: &mut TcpStream) -> String {
 }
 
 fn header_lines(head: &str) -> Vec<String> {
-    head.lines().skip(1).filter(|l| !l.is_empty()).map(str::to_ascii_lowercase).collect()
+    head.lines()
+        .skip(1)
+        .filter(|l| !l.is_empty())
+        .map(str::to_ascii_lowercase)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -54,12 +58,30 @@ async fn hop_by_hop_removed_and_forwarded_headers_set() {
     let lines = header_lines(&head);
     assert!(lines.contains(&"x-upstream-public: yes".to_owned()), "{lines:?}");
     for gone in ["x-upstream-private", "keep-alive"] {
-        assert!(!lines.iter().any(|l| l.starts_with(gone)), "{gone} must not reach the client: {lines:?}");
+        assert!(
+            !lines.iter().any(|l| l.starts_with(gone)),
+            "{gone} must not reach the client: {lines:?}"
+        );
     }
 
-    let headers = received.lock().expect("lock").clone().expect("upstream got the request");
-    for gone in ["connection", "x-secret", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
-        assert!(headers.get(gone).is_none(), "{gone} must not reach the upstream: {headers:?}");
+    let headers = received
+        .lock()
+        .expect("lock")
+        .clone()
+        .expect("upstream got the request");
+    for gone in [
+        "connection",
+        "x-secret",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        assert!(
+            headers.get(gone).is_none(),
+            "{gone} must not reach the upstream: {headers:?}"
+        );
     }
     assert_eq!(headers["x-kept"], "yes");
     assert_eq!(headers["host"], "shop.test:8080", "Host is kept");
@@ -73,7 +95,10 @@ async fn hop_by_hop_removed_and_forwarded_headers_set() {
 async fn websocket_upgrade_echoes_both_ways() {
     let up = Upstream::start(|mut request| async move {
         if request.headers().get("upgrade").map(|v| v.as_bytes()) != Some(b"websocket") {
-            return Response::builder().status(StatusCode::BAD_REQUEST).body(full("want an upgrade")).expect("response");
+            return Response::builder()
+                .status(StatusCode::BAD_REQUEST)
+                .body(full("want an upgrade"))
+                .expect("response");
         }
         let upgrade = hyper::upgrade::on(&mut request);
         tokio::spawn(async move {
@@ -106,10 +131,28 @@ async fn websocket_upgrade_echoes_both_ways() {
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     let lines = header_lines(&head);
     assert!(lines.contains(&"upgrade: websocket".to_owned()), "{lines:?}");
-    assert!(lines.contains(&"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=".to_owned()), "{lines:?}");
+    assert!(
+        lines.contains(&"sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=".to_owned()),
+        "{lines:?}"
+    );
 
     // A masked text frame "hello", then a second one: each must come back byte for byte.
-    for message in [&[0x81u8, 0x85, 1, 2, 3, 4, b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1][..], b"second message"] {
+    for message in [
+        &[
+            0x81u8,
+            0x85,
+            1,
+            2,
+            3,
+            4,
+            b'h' ^ 1,
+            b'e' ^ 2,
+            b'l' ^ 3,
+            b'l' ^ 4,
+            b'o' ^ 1,
+        ][..],
+        b"second message",
+    ] {
         stream.write_all(message).await.expect("write frame");
         let mut echoed = vec![0u8; message.len()];
         within("echo", stream.read_exact(&mut echoed)).await.expect("read echo");

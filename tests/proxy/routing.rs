@@ -12,7 +12,11 @@ async fn weighted_split_within_tolerance_and_weight_zero_gets_nothing() {
     let proxy = proxy(&service(
         "app",
         "{}",
-        &[("blue", &[blue.addr], 90), ("canary", &[canary.addr], 10), ("green", &[green.addr], 0)],
+        &[
+            ("blue", &[blue.addr], 90),
+            ("canary", &[canary.addr], 10),
+            ("green", &[green.addr], 0),
+        ],
     ))
     .await;
     let client = http1_client();
@@ -28,10 +32,17 @@ async fn weighted_split_within_tolerance_and_weight_zero_gets_nothing() {
         }
     }
     assert_eq!(green.hits(), 0, "a weight-0 version must get nothing");
-    assert_eq!((blue.hits(), canary.hits()), (by_body_blue, by_body_canary), "upstream counts match answers");
+    assert_eq!(
+        (blue.hits(), canary.hits()),
+        (by_body_blue, by_body_canary),
+        "upstream counts match answers"
+    );
     // 10% of 2000: sd = 13.4 requests; the band is about ±4 sd.
     let share = canary.hits() as f64 / N as f64;
-    assert!((0.075..=0.125).contains(&share), "canary share {share} outside 7.5%..12.5%");
+    assert!(
+        (0.075..=0.125).contains(&share),
+        "canary share {share} outside 7.5%..12.5%"
+    );
     proxy.shutdown().await;
 }
 
@@ -70,7 +81,11 @@ async fn host_and_path_prefix_select_the_service() {
     ];
     for (host, path, want) in cases {
         let (status, body) = get(&client, &proxy.url(path), Some(host)).await;
-        assert_eq!((status, &body[..]), (StatusCode::OK, want.as_bytes()), "host {host} path {path}");
+        assert_eq!(
+            (status, &body[..]),
+            (StatusCode::OK, want.as_bytes()),
+            "host {host} path {path}"
+        );
     }
     proxy.shutdown().await;
 }
@@ -78,7 +93,12 @@ async fn host_and_path_prefix_select_the_service() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_matching_service_is_404_with_a_plain_body() {
     let up = Upstream::named("x").await;
-    let proxy = proxy(&service("only", "{ hosts: [a.test], path_prefix: /app }", &[("v", &[up.addr], 1)])).await;
+    let proxy = proxy(&service(
+        "only",
+        "{ hosts: [a.test], path_prefix: /app }",
+        &[("v", &[up.addr], 1)],
+    ))
+    .await;
     let client = http1_client();
     for (host, path) in [("b.test", "/app"), ("a.test", "/"), ("a.test", "/apple")] {
         let (status, body) = get(&client, &proxy.url(path), Some(host)).await;
@@ -102,14 +122,20 @@ async fn all_weights_zero_is_503() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_header_only_when_exposed() {
     let up = Upstream::named("x").await;
-    let exposed = service("shown", "{ path_prefix: /shown }", &[("canary", &[up.addr], 1)])
-        .replacen("    match:", "    expose_version: true\n    match:", 1);
+    let exposed = service("shown", "{ path_prefix: /shown }", &[("canary", &[up.addr], 1)]).replacen(
+        "    match:",
+        "    expose_version: true\n    match:",
+        1,
+    );
     let hidden = service("hidden", "{}", &[("canary", &[up.addr], 1)]);
     let proxy = proxy(&format!("{exposed}{hidden}")).await;
     let client = http1_client();
     let request = |path: &str| http::Request::get(proxy.url(path)).body(empty()).expect("request");
     let (_, headers, _) = send(&client, request("/shown")).await;
-    assert_eq!(headers.get("x-sluice-version").map(|v| v.as_bytes()), Some(&b"canary"[..]));
+    assert_eq!(
+        headers.get("x-sluice-version").map(|v| v.as_bytes()),
+        Some(&b"canary"[..])
+    );
     let (_, headers, _) = send(&client, request("/other")).await;
     assert!(headers.get("x-sluice-version").is_none());
     proxy.shutdown().await;

@@ -29,7 +29,11 @@ async fn upload_of_20mb_streams_intact() {
     })
     .await;
     // 20 MB is above the default 16 MiB request body limit.
-    let proxy = proxy_with(&service("up", "{}", &[("v", &[up.addr], 1)]), "defaults: { max_request_body: 32MiB }").await;
+    let proxy = proxy_with(
+        &service("up", "{}", &[("v", &[up.addr], 1)]),
+        "defaults: { max_request_body: 32MiB }",
+    )
+    .await;
 
     let (tx, body) = channel_body(4);
     let request = Request::post(proxy.url("/upload")).body(body).expect("request");
@@ -38,10 +42,16 @@ async fn upload_of_20mb_streams_intact() {
 
     tx.send(Frame::data(pattern(0, CHUNK))).await.expect("send first chunk");
     // The upstream must see the first chunk while the client still holds the other 19.75 MB.
-    within("upstream sees the first bytes before the upload ends", first_bytes_upstream.notified()).await;
+    within(
+        "upstream sees the first bytes before the upload ends",
+        first_bytes_upstream.notified(),
+    )
+    .await;
     let mut offset = CHUNK;
     while offset < TOTAL {
-        tx.send(Frame::data(pattern(offset as u64, CHUNK))).await.expect("send chunk");
+        tx.send(Frame::data(pattern(offset as u64, CHUNK)))
+            .await
+            .expect("send chunk");
         offset += CHUNK;
     }
     drop(tx);
@@ -62,7 +72,11 @@ async fn download_of_20mb_streams_intact() {
             tokio::spawn(async move {
                 tx.send(Frame::data(pattern(0, CHUNK))).await.expect("first chunk");
                 // Hold the rest back until the client has the first bytes.
-                within("client sees the first bytes before the download ends", received.notified()).await;
+                within(
+                    "client sees the first bytes before the download ends",
+                    received.notified(),
+                )
+                .await;
                 let mut offset = CHUNK;
                 while offset < TOTAL {
                     if tx.send(Frame::data(pattern(offset as u64, CHUNK))).await.is_err() {
@@ -78,9 +92,14 @@ async fn download_of_20mb_streams_intact() {
     let proxy = proxy(&service("down", "{}", &[("v", &[up.addr], 1)])).await;
 
     let request = Request::get(proxy.url("/download")).body(empty()).expect("request");
-    let response = within("response head", http1_client().request(request)).await.expect("request");
+    let response = within("response head", http1_client().request(request))
+        .await
+        .expect("request");
     assert_eq!(response.status(), StatusCode::OK);
-    let length = check_pattern(response.into_body().map_err(|e| e.to_string()), || first_bytes_client.notify_one()).await;
+    let length = check_pattern(response.into_body().map_err(|e| e.to_string()), || {
+        first_bytes_client.notify_one()
+    })
+    .await;
     assert_eq!(length, Ok(TOTAL as u64));
     proxy.shutdown().await;
 }

@@ -67,7 +67,9 @@ pub async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
 
 /// Awaits `future`, failing the test after [`DEADLINE`].
 pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(DEADLINE, future).await.unwrap_or_else(|_| panic!("timed out: {what}"))
+    tokio::time::timeout(DEADLINE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
 }
 
 /// An HTTP server standing in for one upstream endpoint (HTTP/1.1 and h2c, with upgrades).
@@ -111,7 +113,11 @@ impl Upstream {
                 });
             }
         });
-        Upstream { addr, hits, _stop: stop }
+        Upstream {
+            addr,
+            hits,
+            _stop: stop,
+        }
     }
 
     /// Answers every request with 200 and `name` as the body.
@@ -145,14 +151,20 @@ pub async fn proxy(services: &str) -> TestProxy {
 pub async fn proxy_with(services: &str, extra: &str) -> TestProxy {
     let yaml = format!("listeners: [{{ name: test, address: 127.0.0.1:0 }}]\n{extra}\nservices:\n{services}");
     let config = sluice::config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
-    let listener = TcpListener::bind(config.listeners[0].address).await.expect("bind proxy");
+    let listener = TcpListener::bind(config.listeners[0].address)
+        .await
+        .expect("bind proxy");
     let addr = listener.local_addr().expect("addr");
     let routing = Arc::new(sluice::Routing::new(&config));
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(sluice::run(vec![listener], routing, async move {
         let _ = stopped.await;
     }));
-    TestProxy { addr, stop: Some(stop), task }
+    TestProxy {
+        addr,
+        stop: Some(stop),
+        task,
+    }
 }
 
 impl TestProxy {
@@ -190,8 +202,13 @@ pub fn h2c_client() -> Client<HttpConnector, Body> {
 }
 
 /// Sends `request` and reads the whole answer.
-pub async fn send(client: &Client<HttpConnector, Body>, request: Request<Body>) -> (StatusCode, http::HeaderMap, Bytes) {
-    let response = within("response", client.request(request)).await.expect("request failed");
+pub async fn send(
+    client: &Client<HttpConnector, Body>,
+    request: Request<Body>,
+) -> (StatusCode, http::HeaderMap, Bytes) {
+    let response = within("response", client.request(request))
+        .await
+        .expect("request failed");
     let (parts, body) = response.into_parts();
     let bytes = within("body", body.collect()).await.expect("body failed").to_bytes();
     (parts.status, parts.headers, bytes)
@@ -214,12 +231,18 @@ pub fn pattern_byte(i: u64) -> u8 {
 
 /// `len` bytes of the pattern starting at offset `start`.
 pub fn pattern(start: u64, len: usize) -> Bytes {
-    (0..len as u64).map(|i| pattern_byte(start + i)).collect::<Vec<u8>>().into()
+    (0..len as u64)
+        .map(|i| pattern_byte(start + i))
+        .collect::<Vec<u8>>()
+        .into()
 }
 
 /// Reads `body` to the end, checking it against the pattern; returns its length, or the
 /// offset of the first wrong byte as an error. Calls `on_first` after the first data frame.
-pub async fn check_pattern(mut body: impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug> + Unpin, mut on_first: impl FnMut()) -> Result<u64, u64> {
+pub async fn check_pattern(
+    mut body: impl http_body::Body<Data = Bytes, Error = impl std::fmt::Debug> + Unpin,
+    mut on_first: impl FnMut(),
+) -> Result<u64, u64> {
     let mut offset = 0u64;
     while let Some(frame) = within("body frame", body.frame()).await {
         let frame = frame.expect("body error");

@@ -1,0 +1,223 @@
+//! The `sluice` binary: `validate` and `run`, as an operator uses them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A fresh directory for one test's files.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+fn validate(path: &Path) -> (bool, String) {
+    let output = Command::new(BIN)
+        .args(["validate", "-c"])
+        .arg(path)
+        .output()
+        .expect("run sluice validate");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn every_shipped_config_validates() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/") {
+        let path = entry.expect("entry").path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let (ok, stdout) = validate(&path);
+        assert!(ok, "{} does not validate:\n{stdout}", path.display());
+        assert!(stdout.contains(": ok ("), "{stdout}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "expected the shipped examples, found {checked}");
+}
+
+#[test]
+fn validate_prints_every_error_with_its_yaml_path() {
+    let dir = temp_dir("invalid");
+    let path = dir.join("bad.yaml");
+    std::fs::write(
+        &path,
+        "listeners: [{ name: p, address: 'localhost' }]
+defaults: { timeouts: { drain: 30 } }
+services:
+  - name: checkout
+    versions:
+      blue: { endpoints: [127.0.0.1:9001] }
+      canary: { endpoints: [127.0.0.1:9101] }
+    routing: { weights: { blue: 95, canry: 5 } }
+",
+    )
+    .expect("write config");
+    let (ok, stdout) = validate(&path);
+    assert!(!ok, "an invalid file must exit non-zero:\n{stdout}");
+    for want in [
+        "error: listeners[0].address: \"localhost\" is not an IP address with a port",
+        "error: defaults.timeouts.drain: \"30\" has no unit: write e.g. \"30s\"",
+        "error: services[0].routing.weights: unknown version \"canry\" (versions: blue, canary)",
+        "3 error(s)",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn validate_reports_unknown_sections_and_unreadable_files() {
+    let dir = temp_dir("unknown");
+    let path = dir.join("tls.yaml");
+    std::fs::write(&path, "listeners:\n  - { name: p, address: 127.0.0.1:8443, tls: {} }\n").expect("write");
+    let (ok, stdout) = validate(&path);
+    assert!(!ok);
+    assert!(stdout.contains("error: listeners[0]: unknown field `tls`"), "{stdout}");
+
+    let (ok, stdout) = validate(&dir.join("missing.yaml"));
+    assert!(!ok);
+    assert!(stdout.contains("cannot read"), "{stdout}");
+}
+
+/// A minimal HTTP/1.1 upstream on a std thread: it answers each request only once `release`
+/// is set, counting requests received in `received`.
+fn held_upstream(received: Arc<AtomicUsize>, release: Arc<AtomicUsize>) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let (received, release) = (Arc::clone(&received), Arc::clone(&release));
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                received.fetch_add(1, Ordering::SeqCst);
+                let start = Instant::now();
+                while release.load(Ordering::SeqCst) == 0 && start.elapsed() < DEADLINE {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished");
+            });
+        }
+    });
+    addr
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
+    use std::io::{Read, Write};
+    let (received, release) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let upstream = held_upstream(Arc::clone(&received), Arc::clone(&release));
+    let dir = temp_dir("sigterm");
+    let config = dir.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers: 1\nlisteners: [{{ name: p, address: 127.0.0.1:0 }}]\ndefaults: {{ timeouts: {{ drain: 15s }} }}\n\
+             services:\n  - name: s\n    versions: {{ v: {{ endpoints: [{upstream}] }} }}\n    routing: {{ weights: {{ v: 1 }} }}\n"
+        ),
+    )
+    .expect("write config");
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sluice");
+
+    // The proxy logs the address it bound (port 0 was asked for).
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read log") > 0,
+            "sluice exited before listening"
+        );
+        if let Some(rest) = line.split("listening name=p addr=").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    let log_tail = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+
+    let client = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            let mut stream = std::net::TcpStream::connect(&addr).expect("connect");
+            stream
+                .write_all(b"GET /slow HTTP/1.1\r\nHost: s\r\n\r\n")
+                .expect("write");
+            let mut answer = String::new();
+            let _ = stream.read_to_string(&mut answer);
+            answer
+        })
+    };
+    wait_until("the upstream holds the request", || {
+        received.load(Ordering::SeqCst) == 1
+    });
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // Shutdown has begun once new connections are refused.
+    wait_until("the listener closes", || std::net::TcpStream::connect(&addr).is_err());
+    assert_eq!(
+        child.try_wait().expect("try_wait"),
+        None,
+        "sluice must wait for the in-flight request"
+    );
+
+    release.store(1, Ordering::SeqCst);
+    let answer = client.join().expect("client thread");
+    assert!(
+        answer.starts_with("HTTP/1.1 200"),
+        "in-flight request must complete: {answer:?}"
+    );
+    assert!(answer.ends_with("finished"), "{answer:?}");
+
+    let start = Instant::now();
+    let exit = loop {
+        if let Some(exit) = child.try_wait().expect("try_wait") {
+            break exit;
+        }
+        assert!(start.elapsed() < DEADLINE, "sluice did not exit after draining");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let log = log_tail.join().expect("log thread");
+    assert!(exit.success(), "exit status {exit:?}; log:\n{log}");
+    assert!(log.contains("SIGTERM received"), "{log}");
+}
