@@ -17,7 +17,7 @@ use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
@@ -195,6 +195,23 @@ impl Drop for Lease {
     }
 }
 
+impl SendFailure {
+    fn connect(error: BoxError, request: Request<RequestBody>) -> Self {
+        Self {
+            kind: FailureKind::Connect(error),
+            unsent: Some(request),
+        }
+    }
+
+    fn reset(mut error: TrySendError<Request<RequestBody>>) -> Self {
+        let unsent = error.take_message();
+        Self {
+            kind: FailureKind::Reset(error.into_error()),
+            unsent,
+        }
+    }
+}
+
 impl Endpoint {
     /// Sends `request` to this endpoint over a pooled or new connection.
     pub async fn send(
@@ -207,24 +224,16 @@ impl Endpoint {
             *request.version_mut() = http::Version::HTTP_2;
             let mut sender = match endpoint.h2_sender(limits).await {
                 Ok(sender) => sender,
-                Err(e) => {
-                    return Err(SendFailure {
-                        kind: FailureKind::Connect(e),
-                        unsent: Some(request),
-                    })
-                }
+                Err(e) => return Err(SendFailure::connect(e, request)),
             };
-            return match sender.try_send_request(request).await {
-                Ok(response) => Ok((response, Lease { guard, sender: None })),
-                Err(mut e) => {
-                    endpoint.pool.h2.store(None);
-                    let unsent = e.take_message();
-                    Err(SendFailure {
-                        kind: FailureKind::Reset(e.into_error()),
-                        unsent,
-                    })
-                }
-            };
+            let sent = sender.try_send_request(request).await;
+            if sent.is_err() && sender.is_closed() {
+                // Forget the dead connection so the next request opens a new one. A failed
+                // stream on a live connection keeps it.
+                endpoint.pool.h2.store(None);
+            }
+            let response = sent.map_err(SendFailure::reset)?;
+            return Ok((response, Lease { guard, sender: None }));
         }
 
         *request.version_mut() = http::Version::HTTP_11;
@@ -242,40 +251,22 @@ impl Endpoint {
                 // Closed before our request was written: safe to send on a fresh connection.
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => request = unsent,
-                    None => {
-                        return Err(SendFailure {
-                            kind: FailureKind::Reset(e.into_error()),
-                            unsent: None,
-                        })
-                    }
+                    None => return Err(SendFailure::reset(e)),
                 },
             }
         }
         let mut sender = match endpoint.h1_connect(limits).await {
             Ok(sender) => sender,
-            Err(e) => {
-                return Err(SendFailure {
-                    kind: FailureKind::Connect(e),
-                    unsent: Some(request),
-                })
-            }
+            Err(e) => return Err(SendFailure::connect(e, request)),
         };
-        match sender.try_send_request(request).await {
-            Ok(response) => Ok((
-                response,
-                Lease {
-                    guard,
-                    sender: Some(sender),
-                },
-            )),
-            Err(mut e) => {
-                let unsent = e.take_message();
-                Err(SendFailure {
-                    kind: FailureKind::Reset(e.into_error()),
-                    unsent,
-                })
-            }
-        }
+        let response = sender.try_send_request(request).await.map_err(SendFailure::reset)?;
+        Ok((
+            response,
+            Lease {
+                guard,
+                sender: Some(sender),
+            },
+        ))
     }
 
     async fn tcp_connect(&self, limits: &Limits) -> Result<TcpStream, BoxError> {

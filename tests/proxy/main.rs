@@ -4,6 +4,7 @@
 mod failures;
 mod h2;
 mod headers;
+mod pooling;
 mod routing;
 mod streaming;
 mod support;

@@ -77,6 +77,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     /// Requests received.
     pub hits: Arc<AtomicUsize>,
+    /// Connections accepted.
+    pub connections: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -93,12 +95,15 @@ impl Upstream {
         let (stop, mut stopped) = oneshot::channel();
         let handler = Arc::new(handler);
         let counter = Arc::clone(&hits);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
                     accepted = listener.accept() => accepted.expect("accept"),
                     _ = &mut stopped => return,
                 };
+                accepted.fetch_add(1, Ordering::SeqCst);
                 let handler = Arc::clone(&handler);
                 let counter = Arc::clone(&counter);
                 tokio::spawn(async move {
@@ -116,6 +121,7 @@ impl Upstream {
         Upstream {
             addr,
             hits,
+            connections,
             _stop: stop,
         }
     }
@@ -127,6 +133,10 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 

@@ -1,0 +1,84 @@
+//! Upstream connections are pooled and reused, not opened per request.
+
+use http::StatusCode;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_upstream_connections_are_kept_alive_and_reused() {
+    let up = Upstream::named("pooled").await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[up.addr], 1)])).await;
+    let client = http1_client();
+    for i in 0..50 {
+        let (status, body) = get(&client, &proxy.url(&format!("/{i}")), None).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"pooled"[..]));
+    }
+    assert_eq!(up.hits(), 50);
+    // Sequential requests: the returned connection is ready again before the next request
+    // (polled, as the pool hands it back from its own task at worst).
+    assert!(
+        up.connections() <= 2,
+        "50 sequential requests opened {} upstream connections",
+        up.connections()
+    );
+
+    // Concurrent requests open what they need, then reuse it.
+    let burst = |n: usize| {
+        let client = client.clone();
+        let url = proxy.url("/burst");
+        async move {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let (client, url) = (client.clone(), url.clone());
+                    tokio::spawn(async move { get(&client, &url, None).await.0 })
+                })
+                .collect();
+            for task in tasks {
+                assert_eq!(task.await.expect("task"), StatusCode::OK);
+            }
+        }
+    };
+    burst(8).await;
+    let after_first_burst = up.connections();
+    for _ in 0..5 {
+        burst(8).await;
+    }
+    assert!(
+        up.connections() <= after_first_burst + 2,
+        "bursts kept opening connections: {after_first_burst} then {}",
+        up.connections()
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_upstream_multiplexes_one_connection() {
+    let up =
+        Upstream::start(|request| async move { http::Response::new(full(format!("{:?}", request.version()))) }).await;
+    let services = service("h2", "{}", &[("v", &[up.addr], 1)]).replace(
+        &format!("{{ endpoints: [{}] }}", up.addr),
+        &format!("{{ endpoints: [{}], protocol: http2 }}", up.addr),
+    );
+    let proxy = proxy(&services).await;
+    let client = http1_client();
+    // Warm the connection, then send concurrently: all on the one HTTP/2 connection.
+    let (_, body) = get(&client, &proxy.url("/"), None).await;
+    assert_eq!(&body[..], b"HTTP/2.0");
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let (client, url) = (client.clone(), proxy.url("/"));
+            tokio::spawn(async move { get(&client, &url, None).await })
+        })
+        .collect();
+    for task in tasks {
+        let (status, body) = task.await.expect("task");
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"HTTP/2.0"[..]));
+    }
+    assert_eq!(up.hits(), 21);
+    assert_eq!(
+        up.connections(),
+        1,
+        "HTTP/2 upstream requests must share one connection"
+    );
+    proxy.shutdown().await;
+}
