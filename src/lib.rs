@@ -5,7 +5,7 @@
 //! - [`listener`]: accepts connections; HTTP/1.1 and h2c on one port; graceful shutdown.
 //! - [`proxy`]: the handler, `route → split → pick endpoint → forward → respond`.
 //! - [`router`]: which service, by host and path prefix.
-//! - [`split`]: which version, by weight.
+//! - [`split`]: which version: [`rules`], then [`sticky`] cookie or key bucket, then weight.
 //! - [`upstream`]: which endpoint (power of two choices), pooled connections, sending.
 //! - [`forward`]: hop-by-hop removal and `X-Forwarded-*`.
 //! - [`body`]: the streamed response body.
@@ -24,7 +24,9 @@ pub mod forward;
 pub mod listener;
 pub mod proxy;
 pub mod router;
+pub mod rules;
 pub mod split;
+pub mod sticky;
 pub mod table;
 pub mod upstream;
 

@@ -102,7 +102,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         }
         let routing = Arc::new(Routing::new(&config));
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        if let Some(address) = config.admin {
+        if let Some(address) = config.admin.as_ref().map(|a| a.address) {
             let admin = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot bind the admin listener on {address}"))?;

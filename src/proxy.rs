@@ -17,7 +17,8 @@ use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::forward::{self, ClientInfo};
 use crate::router;
-use crate::table::{Routing, RoutingTable, Service, Version};
+use crate::split;
+use crate::table::{Routing, RoutingTable, Version};
 use crate::upstream::{self, Endpoint, RequestBody};
 
 /// The request handler, shared by every connection.
@@ -60,7 +61,9 @@ impl Proxy {
         let host = request_host(&request);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = router::route(&table, host_str, request.uri().path()).ok_or(ProxyError::NoService)?;
-        let version = pick_version(service)?;
+        let choice =
+            split::choose(service, request.headers()).ok_or_else(|| ProxyError::NoVersion(service.name.clone()))?;
+        let version = &service.versions[choice.version];
         let limit = table.limits.max_request_body;
         check_content_length(&request, limit)?;
 
@@ -92,6 +95,9 @@ impl Proxy {
         if service.expose_version {
             parts.headers.insert(&forward::X_SLUICE_VERSION, version.header.clone());
         }
+        if let (true, Some(cookie)) = (choice.set_cookie, &version.set_cookie) {
+            parts.headers.append(header::SET_COOKIE, cookie.clone());
+        }
         parts.version = client_version;
         Ok(Response::from_parts(
             parts,
@@ -106,14 +112,6 @@ fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers().get(header::HOST).cloned(),
     }
-}
-
-fn pick_version(service: &Service) -> Result<&Version, ProxyError> {
-    service
-        .split
-        .pick()
-        .and_then(|i| service.versions.get(i))
-        .ok_or_else(|| ProxyError::NoVersion(service.name.clone()))
 }
 
 /// Refuses a body announced larger than the limit before anything is sent upstream.

@@ -5,20 +5,24 @@
 //! higher revision and a cause, and swaps it in; a request loads the table once and finishes
 //! with what it loaded.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arc_swap::{ArcSwap, Guard};
 use http::HeaderValue;
 
-use crate::config::{Config, HostPattern, Limits, Protocol};
+use crate::config::{Config, HostPattern, Limits, Protocol, ServiceSpec};
 use crate::split::Split;
 use crate::upstream::{Endpoint, Upstreams};
 
 /// Why a table was published.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Cause {
-    /// Built from the configuration file.
+    /// Built from the configuration file, at start or on reload.
     Config,
+    /// An operator changed weights through the admin API.
+    Admin,
 }
 
 impl Cause {
@@ -26,9 +30,14 @@ impl Cause {
     pub fn as_str(self) -> &'static str {
         match self {
             Cause::Config => "config",
+            Cause::Admin => "admin",
         }
     }
 }
+
+/// Manual weight overrides: service → version → weight. A service listed here uses exactly
+/// these weights (versions left out get 0) instead of the file's.
+pub type Overrides = BTreeMap<String, BTreeMap<String, u32>>;
 
 /// One immutable snapshot of all services, versions and weights.
 #[derive(Debug)]
@@ -58,6 +67,10 @@ pub struct Service {
     pub versions: Vec<Version>,
     /// Weighted choice over `versions`.
     pub split: Split,
+    /// Header and cookie rules, first match wins.
+    pub rules: Vec<crate::config::RuleSpec>,
+    /// Sticky sessions, if configured.
+    pub sticky: Option<crate::config::StickySpec>,
 }
 
 /// A compiled version: a pool of endpoints.
@@ -71,35 +84,20 @@ pub struct Version {
     pub protocol: Protocol,
     /// Endpoints, shared with other revisions so their pooled connections survive a swap.
     pub endpoints: Vec<Arc<Endpoint>>,
+    /// A sticky cookie naming this version keeps the client here (weight > 0 or a rule's target).
+    pub sticky_valid: bool,
+    /// The `Set-Cookie` value pinning a client here, when the service is sticky.
+    pub set_cookie: Option<HeaderValue>,
 }
 
 impl RoutingTable {
-    /// Builds a table from a validated configuration, interning endpoints in `upstreams`.
-    pub fn build(config: &Config, upstreams: &Upstreams, revision: u64, cause: Cause) -> Self {
+    /// Builds a table from a validated configuration and the weight overrides in force,
+    /// interning endpoints in `upstreams`.
+    pub fn build(config: &Config, overrides: &Overrides, upstreams: &Upstreams, revision: u64, cause: Cause) -> Self {
         let services = config
             .services
             .iter()
-            .map(|spec| {
-                let versions = spec
-                    .versions
-                    .iter()
-                    .map(|v| Version {
-                        name: Arc::from(v.name.as_str()),
-                        // Validated names are header-safe; the fallback is never used.
-                        header: HeaderValue::from_str(&v.name).unwrap_or(HeaderValue::from_static("invalid")),
-                        protocol: v.protocol,
-                        endpoints: v.endpoints.iter().map(|a| upstreams.endpoint(a, v.protocol)).collect(),
-                    })
-                    .collect();
-                Service {
-                    name: Arc::from(spec.name.as_str()),
-                    hosts: spec.hosts.clone(),
-                    path_prefix: spec.path_prefix.clone(),
-                    expose_version: spec.expose_version,
-                    versions,
-                    split: Split::new(spec.versions.iter().map(|v| v.weight)),
-                }
-            })
+            .map(|spec| Service::build(spec, overrides.get(&spec.name), upstreams))
             .collect();
         Self {
             revision,
@@ -107,6 +105,56 @@ impl RoutingTable {
             limits: config.limits,
             services,
         }
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| &*s.name == name)
+    }
+}
+
+impl Service {
+    fn build(spec: &ServiceSpec, weights: Option<&BTreeMap<String, u32>>, upstreams: &Upstreams) -> Self {
+        let weight_of = |v: &crate::config::VersionSpec| match weights {
+            Some(weights) => weights.get(&v.name).copied().unwrap_or(0),
+            None => v.weight,
+        };
+        let split = Split::new(spec.versions.iter().map(weight_of));
+        let versions = spec
+            .versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| Version {
+                name: Arc::from(v.name.as_str()),
+                // Validated names are header-safe; the fallback is never used.
+                header: HeaderValue::from_str(&v.name).unwrap_or(HeaderValue::from_static("invalid")),
+                protocol: v.protocol,
+                endpoints: v.endpoints.iter().map(|a| upstreams.endpoint(a, v.protocol)).collect(),
+                sticky_valid: split.weight(i) > 0 || spec.rules.iter().any(|r| r.version == i),
+                set_cookie: spec
+                    .sticky
+                    .as_ref()
+                    .and_then(|s| crate::sticky::set_cookie(&s.cookie, &v.name, s.ttl)),
+            })
+            .collect();
+        Service {
+            name: Arc::from(spec.name.as_str()),
+            hosts: spec.hosts.clone(),
+            path_prefix: spec.path_prefix.clone(),
+            expose_version: spec.expose_version,
+            versions,
+            split,
+            rules: spec.rules.clone(),
+            sticky: spec.sticky.clone(),
+        }
+    }
+
+    /// Each version's weight in this table, in version order.
+    pub fn weights(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
+        self.versions
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (&*v.name, self.split.weight(i)))
     }
 }
 
@@ -118,10 +166,10 @@ pub struct Routing {
 }
 
 impl Routing {
-    /// Builds revision 1 from `config`.
+    /// Builds revision 1 from `config`, without overrides.
     pub fn new(config: &Config) -> Self {
         let upstreams = Upstreams::default();
-        let table = RoutingTable::build(config, &upstreams, 1, Cause::Config);
+        let table = RoutingTable::build(config, &Overrides::new(), &upstreams, 1, Cause::Config);
         Self {
             current: ArcSwap::from_pointee(table),
             upstreams,
@@ -136,6 +184,11 @@ impl Routing {
     /// The table in force now, to keep for the whole of a request.
     pub fn load_full(&self) -> Arc<RoutingTable> {
         self.current.load_full()
+    }
+
+    /// Publishes `table`: requests that start from now on use it; requests in flight keep theirs.
+    pub fn publish(&self, table: RoutingTable) {
+        self.current.store(Arc::new(table));
     }
 
     /// The endpoint registry shared by every revision.

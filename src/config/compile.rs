@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::raw::{RawConfig, RawDefaults, RawService};
-use super::{units, Config, ConfigError, ConfigErrors, HostPattern, Limits, ListenerConfig};
+use super::{units, AdminConfig, Config, ConfigError, ConfigErrors, HostPattern, Limits, ListenerConfig};
 use super::{Protocol, ServiceSpec, VersionSpec};
 
 /// Most request-path threads accepted; more is surely a typo.
@@ -13,10 +13,10 @@ const MAX_WORKERS: usize = 1024;
 
 /// Collects errors with their YAML paths.
 #[derive(Default)]
-struct Errors(Vec<ConfigError>);
+pub(super) struct Errors(pub(super) Vec<ConfigError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
@@ -39,19 +39,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     let listeners = compile_listeners(&raw, &mut errors);
-    let admin = raw.admin.as_ref().and_then(|admin| {
-        units::bind_address(&admin.address)
-            .map_err(|e| errors.push("admin.address", e))
-            .ok()
-    });
-    if let (Some(admin), true) = (admin, !listeners.is_empty()) {
-        if let Some(i) = listeners.iter().position(|l| l.address == admin) {
-            errors.push(
-                "admin.address",
-                format!("{admin} is also listeners[{i}].address: the admin API never shares a data-plane listener"),
-            );
-        }
-    }
+    let admin = compile_admin(&raw, &listeners, &mut errors);
     let limits = compile_limits(&raw.defaults, &mut errors);
 
     let mut names = HashSet::new();
@@ -79,6 +67,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
             workers: raw.workers,
             listeners,
             admin,
+            state_dir: raw.state_dir.as_ref().map(std::path::PathBuf::from),
             limits,
             services,
             warnings,
@@ -127,6 +116,27 @@ fn compile_listeners(raw: &RawConfig, errors: &mut Errors) -> Vec<ListenerConfig
         }
     }
     listeners
+}
+
+fn compile_admin(raw: &RawConfig, listeners: &[ListenerConfig], errors: &mut Errors) -> Option<AdminConfig> {
+    let admin = raw.admin.as_ref()?;
+    let address = units::bind_address(&admin.address)
+        .map_err(|e| errors.push("admin.address", e))
+        .ok()?;
+    if let Some(i) = listeners.iter().position(|l| l.address == address) {
+        errors.push(
+            "admin.address",
+            format!("{address} is also listeners[{i}].address: the admin API never shares a data-plane listener"),
+        );
+    }
+    let token_file = admin.token_file.as_ref().map(std::path::PathBuf::from);
+    if token_file.is_none() && !address.ip().is_loopback() {
+        errors.push(
+            "admin.address",
+            format!("{address} is reachable from other hosts: set admin.token_file so the API needs a token, or bind 127.0.0.1"),
+        );
+    }
+    Some(AdminConfig { address, token_file })
 }
 
 fn compile_limits(raw: &RawDefaults, errors: &mut Errors) -> Limits {
@@ -276,12 +286,22 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
         warnings.push(format!("{at}.routing.weights: every version has weight 0, so service \"{}\" answers 503; give one a weight, e.g. `{}: 100`", raw.name, versions[0].name));
     }
 
+    let names: Vec<&str> = raw.versions.keys().map(String::as_str).collect();
+    let rules = super::routing::compile_rules(&at, &raw.routing.rules, &names, errors);
+    let sticky = raw
+        .routing
+        .sticky
+        .as_ref()
+        .and_then(|s| super::routing::compile_sticky(&at, s, errors));
+
     (errors.0.len() == before).then(|| ServiceSpec {
         name: raw.name.clone(),
         hosts,
         path_prefix,
         expose_version: raw.expose_version,
         versions,
+        rules,
+        sticky,
     })
 }
 

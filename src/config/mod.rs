@@ -6,6 +6,7 @@
 
 mod compile;
 pub mod raw;
+mod routing;
 pub mod units;
 
 use std::fmt;
@@ -28,6 +29,8 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default request body limit.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
+/// Default sticky cookie lifetime: a working session.
+pub const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(3600);
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -36,14 +39,25 @@ pub struct Config {
     pub workers: Option<usize>,
     /// Data-plane listeners.
     pub listeners: Vec<ListenerConfig>,
-    /// Admin listener address.
-    pub admin: Option<SocketAddr>,
+    /// Admin listener.
+    pub admin: Option<AdminConfig>,
+    /// Where state survives restarts; `None`: in memory only.
+    pub state_dir: Option<std::path::PathBuf>,
     /// Timeouts and limits.
     pub limits: Limits,
     /// Services in file order.
     pub services: Vec<ServiceSpec>,
     /// Things that are allowed but probably not meant (printed by `validate`, logged by `run`).
     pub warnings: Vec<String>,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to bind.
+    pub address: SocketAddr,
+    /// File holding the bearer token; `None`: no auth (loopback addresses only).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// One data-plane listener.
@@ -98,6 +112,58 @@ pub struct ServiceSpec {
     pub expose_version: bool,
     /// Versions in file order (the order bucket ranges follow).
     pub versions: Vec<VersionSpec>,
+    /// Header and cookie rules, first match wins.
+    pub rules: Vec<RuleSpec>,
+    /// Sticky sessions.
+    pub sticky: Option<StickySpec>,
+}
+
+/// A rule: requests matching `matcher` go to `versions[version]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    /// What the request must carry.
+    pub matcher: RuleMatch,
+    /// Index into the service's versions.
+    pub version: usize,
+}
+
+/// What a rule matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleMatch {
+    /// A header with this exact value, or (`None`) present with any value.
+    Header {
+        /// Lower-case name.
+        name: http::HeaderName,
+        /// Exact value; `None`: presence.
+        value: Option<http::HeaderValue>,
+    },
+    /// A cookie with this exact value.
+    Cookie {
+        /// Cookie name.
+        name: String,
+        /// Exact value.
+        value: String,
+    },
+}
+
+/// Sticky-session settings of a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickySpec {
+    /// Cookie naming the version a client was given.
+    pub cookie: String,
+    /// Key for deterministic bucketing; `None`: random by weight.
+    pub key: Option<KeySource>,
+    /// Cookie lifetime (`Max-Age`).
+    pub ttl: Duration,
+}
+
+/// Where a bucketing key comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// `header:NAME`.
+    Header(http::HeaderName),
+    /// `cookie:NAME`.
+    Cookie(String),
 }
 
 /// A host pattern of `match.hosts`, lower-cased.

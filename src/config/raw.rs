@@ -19,6 +19,8 @@ pub struct RawConfig {
     pub listeners: Vec<RawListener>,
     /// The admin listener.
     pub admin: Option<RawAdmin>,
+    /// Where rollout state, weight overrides and history survive restarts.
+    pub state_dir: Option<String>,
     /// Timeouts and limits shared by every service.
     #[serde(default)]
     pub defaults: RawDefaults,
@@ -43,6 +45,8 @@ pub struct RawListener {
 pub struct RawAdmin {
     /// `host:port` of the admin API.
     pub address: String,
+    /// A file holding the bearer token every `/api` call must present.
+    pub token_file: Option<String>,
 }
 
 /// `defaults`.
@@ -120,4 +124,64 @@ pub struct RawRouting {
     /// Version name to a non-negative integer weight; left out: 0.
     #[serde(default)]
     pub weights: IndexMap<String, u64>,
+    /// Header and cookie rules, first match wins, before weights.
+    #[serde(default)]
+    pub rules: Vec<RawRule>,
+    /// Sticky sessions.
+    pub sticky: Option<RawSticky>,
+}
+
+/// `services[i].routing.rules[j]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// What the request must carry.
+    #[serde(rename = "match")]
+    pub matcher: RawRuleMatch,
+    /// The version it goes to.
+    pub version: String,
+}
+
+/// `services[i].routing.rules[j].match`: exactly one of `header` or `cookie`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuleMatch {
+    /// A header with an exact value, or present at all.
+    pub header: Option<RawHeaderMatch>,
+    /// A cookie with an exact value.
+    pub cookie: Option<RawCookieMatch>,
+}
+
+/// `match.header`: `name` with exactly one of `value` or `present: true`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHeaderMatch {
+    /// Header name, any case.
+    pub name: String,
+    /// Exact value.
+    pub value: Option<String>,
+    /// `true`: any value.
+    pub present: Option<bool>,
+}
+
+/// `match.cookie`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCookieMatch {
+    /// Cookie name.
+    pub name: String,
+    /// Exact value.
+    pub value: String,
+}
+
+/// `services[i].routing.sticky`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    /// Name of the cookie that pins a client to a version.
+    pub cookie: String,
+    /// `header:NAME` or `cookie:NAME`: deterministic bucketing by that key.
+    pub hash_key: Option<String>,
+    /// Cookie lifetime, e.g. `1h`; default 1h.
+    pub ttl: Option<String>,
 }

@@ -1,0 +1,477 @@
+#!/usr/bin/env bash
+# Load comparison: sluice vs NGINX as a reverse proxy in front of two nginx upstreams.
+# Method: shared/BASELINE.md (proxy pinned to core 0 with one worker; wrk and the upstreams
+# pinned to core 1; interleaved rounds; medians; CPU time per request from /proc/PID/stat).
+#
+# Environment:
+#   DURATION   seconds per measured wrk run (default 10)
+#   ROUNDS     interleaved rounds per proxy (default 3)
+#   WARMUP     seconds of warm-up per proxy before the rounds (default 2)
+#   CONNS      wrk connections (default 64)
+#   SCENARIO   weighted (90/10 over both upstreams, default) | single (one upstream)
+#   OUT        also write the markdown table to this file
+#   KEEP_TMP   1 = keep the temp dir (configs, logs, raw wrk output)
+#   CARGO_TARGET_DIR  honoured for the sluice build (binary: $CARGO_TARGET_DIR/release/sluice)
+#   SKIP_BUILD 1 = do not run cargo build (binary must already exist)
+set -euo pipefail
+
+DURATION=${DURATION:-10}
+ROUNDS=${ROUNDS:-3}
+WARMUP=${WARMUP:-2}
+CONNS=${CONNS:-64}
+SCENARIO=${SCENARIO:-weighted}
+OUT=${OUT:-}
+KEEP_TMP=${KEEP_TMP:-0}
+PROXY_CORE=0
+LOAD_CORE=1
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+
+log() { printf '[compare] %s\n' "$*" >&2; }
+die() { printf '[compare] ERROR: %s\n' "$*" >&2; exit 1; }
+
+case "$SCENARIO" in weighted|single) ;; *) die "SCENARIO must be weighted or single" ;; esac
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
+[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds)"
+
+# ---------------------------------------------------------------- cleanup
+TMP=$(mktemp -d /tmp/sluice-compare.XXXXXX)
+STARTED_PIDS=()
+WRK_PID=""
+
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    local pid
+    if [[ -n "${WRK_PID:-}" ]]; then
+        kill -TERM "$WRK_PID" 2>/dev/null || true
+        wait "$WRK_PID" 2>/dev/null || true
+    fi
+    for pid in "${STARTED_PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${STARTED_PIDS[@]}"; do
+        local i
+        for i in $(seq 1 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+        wait "$pid" 2>/dev/null || true
+    done
+    if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
+        log "temp dir kept: $TMP"
+    else
+        rm -rf "$TMP"
+    fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- tools
+need_install=()
+command -v nginx >/dev/null 2>&1 || need_install+=(nginx)
+command -v wrk >/dev/null 2>&1 || need_install+=(wrk)
+command -v curl >/dev/null 2>&1 || need_install+=(curl)
+command -v taskset >/dev/null 2>&1 || need_install+=(util-linux)
+if ((${#need_install[@]})); then
+    log "installing: ${need_install[*]}"
+    [[ $(id -u) == 0 ]] || die "need root to apt-get install ${need_install[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
+fi
+NGINX_VERSION=$(nginx -v 2>&1 | sed -n 's/^nginx version: //p')
+WRK_VERSION=$( (wrk --version 2>&1 || true) | head -n1 | awk '{print $2}')
+[[ -n "$NGINX_VERSION" ]] || die "nginx -v gave no version"
+[[ -n "$WRK_VERSION" ]] || die "wrk --version gave no version"
+log "nginx: $NGINX_VERSION, wrk: $WRK_VERSION"
+CLK_TCK=$(getconf CLK_TCK)
+NCPU=$(nproc)
+((NCPU >= 2)) || log "WARNING: only $NCPU CPU(s); pinning to cores 0 and 1 will fail"
+
+# ---------------------------------------------------------------- build
+SLUICE=$TARGET/release/sluice
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+    log "cargo build --release (target dir: $TARGET)"
+    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet)
+fi
+[[ -x "$SLUICE" ]] || die "no sluice binary at $SLUICE"
+SLUICE_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(cd "$REPO" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+    SLUICE_REV="$SLUICE_REV+dirty"
+fi
+
+# ---------------------------------------------------------------- helpers
+USED_PORTS=" "
+port_in_use() {
+    # any TCP socket (v4/v6, any state) with this local port
+    local hex
+    hex=$(printf '%04X' "$1")
+    awk -v h=":$hex" 'NR > 1 && substr($2, length($2) - 4) == h { found = 1 } END { exit !found }' \
+        /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+free_port() { # sets PORT (not called in a subshell, so USED_PORTS persists)
+    local p i
+    for i in $(seq 1 200); do
+        p=$((20000 + RANDOM % 30000))
+        [[ "$USED_PORTS" == *" $p "* ]] && continue
+        port_in_use "$p" && continue
+        USED_PORTS+="$p "
+        PORT=$p
+        return 0
+    done
+    die "no free port found"
+}
+
+# wait_ready NAME PID URL [LOG]: poll with curl until a 200 arrives (bounded), fail if the process died
+wait_ready() {
+    local name=$1 pid=$2 url=$3 logf=${4:-} i code
+    for i in $(seq 1 150); do
+        if ! kill -0 "$pid" 2>/dev/null; then
+            [[ -n "$logf" && -s "$logf" ]] && tail -n 5 "$logf" | sed 's/^/    /' >&2
+            die "$name (pid $pid) exited during start-up; see $TMP"
+        fi
+        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url" || true)
+        [[ "$code" == 200 ]] && return 0
+        sleep 0.1
+    done
+    die "$name did not answer 200 at $url after 15 s (last code: ${code:-none}); see $TMP"
+}
+
+# pids of a process and all its descendants (scans /proc; no CONFIG_PROC_CHILDREN needed)
+proc_tree() {
+    local root=$1 f rest ppid pid
+    local -A parent=()
+    for f in /proc/[0-9]*/stat; do
+        { read -r rest <"$f"; } 2>/dev/null || continue
+        pid=${f#/proc/}; pid=${pid%/stat}
+        rest=${rest##*) }
+        read -r _ ppid _ <<<"$rest"
+        parent[$pid]=$ppid
+    done
+    local queue=("$root") out=() cur p
+    while ((${#queue[@]})); do
+        cur=${queue[0]}; queue=("${queue[@]:1}")
+        out+=("$cur")
+        for p in "${!parent[@]}"; do
+            [[ "${parent[$p]}" == "$cur" ]] && queue+=("$p")
+        done
+    done
+    printf '%s\n' "${out[@]}" | sort -n | tr '\n' ' '
+}
+
+# cpu_ticks PID...: sum of utime+stime (fields 14, 15 of /proc/PID/stat) in clock ticks
+cpu_ticks() {
+    local total=0 pid rest
+    local -a f
+    for pid in "$@"; do
+        { read -r rest <"/proc/$pid/stat"; } 2>/dev/null || continue
+        rest=${rest##*) }          # fields from 3 (state) on
+        read -r -a f <<<"$rest"
+        total=$((total + f[11] + f[12]))
+    done
+    echo "$total"
+}
+
+# hwm_kb PID...: sum of VmHWM (peak RSS) in kB
+hwm_kb() {
+    local total=0 pid v
+    for pid in "$@"; do
+        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
+        total=$((total + ${v:-0}))
+    done
+    echo "$total"
+}
+
+# latency string from wrk (e.g. 812.00us, 1.23ms, 1.01s, 2.00m) -> milliseconds
+to_ms() {
+    awk -v s="$1" 'BEGIN {
+        if (s == "") { print "?"; exit }
+        n = s + 0; u = s; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        printf "%.2f", n }'
+}
+
+median() { # numbers as args
+    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '
+        { a[NR] = $1 } END {
+            if (NR == 0) { print "?"; exit }
+            if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
+}
+
+# ---------------------------------------------------------------- upstreams
+NGINX_USER_LINE=""
+[[ $(id -u) == 0 ]] && NGINX_USER_LINE="user root root;"
+
+# nginx_conf DIR HTTP_BODY: common top part, http block content is appended by caller
+nginx_common() {
+    local dir=$1
+    mkdir -p "$dir/logs" "$dir/tmp"
+    cat <<EOF
+$NGINX_USER_LINE
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 4096; multi_accept on; }
+EOF
+}
+nginx_http_common() {
+    local dir=$1
+    cat <<EOF
+    access_log off;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fastcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+EOF
+}
+
+free_port; UP1=$PORT
+free_port; UP2=$PORT
+start_upstream() {
+    local name=$1 port=$2 body=$3 dir=$TMP/$1
+    mkdir -p "$dir"
+    {
+        nginx_common "$dir"
+        echo "http {"
+        nginx_http_common "$dir"
+        cat <<EOF
+    server {
+        listen 127.0.0.1:$port reuseport backlog=4096;
+        location / { default_type text/plain; return 200 "$body\n"; }
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+    taskset -c "$LOAD_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
+    local pid=$!
+    STARTED_PIDS+=("$pid")
+    wait_ready "$name" "$pid" "http://127.0.0.1:$port/" "$dir/logs/error.log"
+    log "$name nginx on 127.0.0.1:$port (pid $pid, core $LOAD_CORE)"
+}
+start_upstream up1 "$UP1" "up1"
+start_upstream up2 "$UP2" "up2"
+
+# ---------------------------------------------------------------- proxies
+free_port; NGINX_PORT=$PORT
+free_port; SLUICE_PORT=$PORT
+
+start_nginx_proxy() {
+    local dir=$TMP/nginx-proxy servers
+    mkdir -p "$dir"
+    if [[ $SCENARIO == weighted ]]; then
+        servers="        server 127.0.0.1:$UP1 weight=9;
+        server 127.0.0.1:$UP2 weight=1;"
+    else
+        servers="        server 127.0.0.1:$UP1;"
+    fi
+    {
+        nginx_common "$dir"
+        echo "http {"
+        nginx_http_common "$dir"
+        cat <<EOF
+    upstream backend {
+$servers
+        keepalive 64;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        location / {
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+    } >"$dir/nginx.conf"
+    taskset -c "$PROXY_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
+    NGINX_PID=$!
+    STARTED_PIDS+=("$NGINX_PID")
+    wait_ready "nginx proxy" "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" "$dir/logs/error.log"
+    log "nginx proxy on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, core $PROXY_CORE)"
+}
+
+start_sluice() {
+    local cfg=$TMP/sluice.yaml versions routing
+    if [[ $SCENARIO == weighted ]]; then
+        versions="      blue: { endpoints: [127.0.0.1:$UP1] }
+      canary: { endpoints: [127.0.0.1:$UP2] }"
+        routing="    routing: { weights: { blue: 90, canary: 10 } }"
+    else
+        versions="      blue: { endpoints: [127.0.0.1:$UP1] }"
+        routing="    routing: { weights: { blue: 100 } }"
+    fi
+    cat >"$cfg" <<EOF
+workers: 1
+listeners: [{ name: bench, address: 127.0.0.1:$SLUICE_PORT }]
+services:
+  - name: bench
+    versions:
+$versions
+$routing
+EOF
+    taskset -c "$PROXY_CORE" "$SLUICE" run -c "$cfg" >"$TMP/sluice.stdout.log" 2>"$TMP/sluice.log" &
+    SLUICE_PID=$!
+    STARTED_PIDS+=("$SLUICE_PID")
+    wait_ready "sluice" "$SLUICE_PID" "http://127.0.0.1:$SLUICE_PORT/" "$TMP/sluice.log"
+    log "sluice on 127.0.0.1:$SLUICE_PORT (pid $SLUICE_PID, core $PROXY_CORE, rev $SLUICE_REV)"
+}
+
+start_nginx_proxy
+start_sluice
+
+# split sanity check: 200 requests on one connection each, count which upstream answered
+split_check() {
+    local name=$1 port=$2 urls=() i body n1 n2
+    for i in $(seq 1 200); do urls+=("http://127.0.0.1:$port/"); done
+    body=$(curl -s -m 20 "${urls[@]}" || true)
+    n1=$(grep -c '^up1$' <<<"$body" || true)
+    n2=$(grep -c '^up2$' <<<"$body" || true)
+    log "split check $name: up1=$n1 up2=$n2 of 200"
+    SPLIT[$name]="$n1/$n2"
+}
+declare -A SPLIT=()
+split_check nginx "$NGINX_PORT"
+split_check sluice "$SLUICE_PORT"
+
+# ---------------------------------------------------------------- load
+declare -A RPS=() CPU=() P99=() ERR=() RSS=()
+
+# run_wrk LABEL URL DURATION PID(or empty) -> appends to result arrays for LABEL
+run_wrk() {
+    local label=$1 url=$2 dur=$3 pid=$4 out pids before after reqs rps p99 non2xx sockerr note
+    out=$TMP/wrk.$label.$((${#RUNS_DONE[@]} + 1)).txt
+    RUNS_DONE+=("$label")
+    if [[ -n "$pid" ]]; then
+        kill -0 "$pid" 2>/dev/null || die "$label proxy (pid $pid) is gone; see $TMP"
+        pids=$(proc_tree "$pid")
+        # shellcheck disable=SC2086
+        before=$(cpu_ticks $pids)
+    fi
+    # in the background + wait, so that a signal interrupts the wait and the trap runs at once
+    taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${dur}s" --latency "$url" >"$out" 2>&1 &
+    WRK_PID=$!
+    wait "$WRK_PID" || die "wrk failed against $label: $(tail -n3 "$out")"
+    WRK_PID=""
+    if [[ -n "$pid" ]]; then
+        # shellcheck disable=SC2086
+        after=$(cpu_ticks $pids)
+        kill -0 "$pid" 2>/dev/null || die "$label proxy (pid $pid) died during the run; see $TMP"
+        [[ "$(proc_tree "$pid")" == "$pids" ]] || log "WARNING: $label process tree changed during the run"
+    fi
+    reqs=$(awk '/ requests in / {print $1; exit}' "$out")
+    rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2; exit}' "$out")
+    p99=$(to_ms "$(awk '$1 == "99%" {print $2; exit}' "$out")")
+    non2xx=$(awk '/Non-2xx or 3xx responses:/ {print $NF; exit}' "$out")
+    sockerr=$(sed -n 's/^ *Socket errors: *//p' "$out" | head -n1)
+    [[ -n "$reqs" && -n "$rps" ]] || die "cannot parse wrk output for $label: $out"
+    note=""
+    [[ -n "$non2xx" ]] && note+="non-2xx/3xx: $non2xx; "
+    [[ -n "$sockerr" ]] && note+="socket errors: $sockerr; "
+    if [[ -n "$pid" ]]; then
+        CPU_US=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" \
+            'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "?" }')
+    else
+        CPU_US="-"
+    fi
+    LAST_RPS=$rps LAST_P99=$p99 LAST_NOTE=$note LAST_REQS=$reqs
+    [[ -n "$note" ]] && log "WARNING: $label: $note"
+    return 0
+}
+RUNS_DONE=()
+
+record() { # LABEL
+    local l=$1
+    RPS[$l]+="$LAST_RPS "
+    CPU[$l]+="$CPU_US "
+    P99[$l]+="$LAST_P99 "
+    [[ -n "$LAST_NOTE" ]] && ERR[$l]+="$LAST_NOTE"
+    return 0
+}
+
+log "warm-up: ${WARMUP}s each"
+if ((WARMUP > 0)); then
+    run_wrk direct "http://127.0.0.1:$UP1/" "$WARMUP" ""
+    run_wrk nginx "http://127.0.0.1:$NGINX_PORT/" "$WARMUP" "$NGINX_PID"
+    run_wrk sluice "http://127.0.0.1:$SLUICE_PORT/" "$WARMUP" "$SLUICE_PID"
+fi
+
+log "direct reference run: ${DURATION}s"
+run_wrk direct "http://127.0.0.1:$UP1/" "$DURATION" ""
+record direct
+
+for r in $(seq 1 "$ROUNDS"); do
+    for l in nginx sluice; do
+        if [[ $l == nginx ]]; then port=$NGINX_PORT pid=$NGINX_PID; else port=$SLUICE_PORT pid=$SLUICE_PID; fi
+        run_wrk "$l" "http://127.0.0.1:$port/" "$DURATION" "$pid"
+        record "$l"
+        log "round $r/$ROUNDS $l: $LAST_RPS req/s, $CPU_US CPU us/req, p99 $LAST_P99 ms ($LAST_REQS requests)"
+    done
+done
+
+# shellcheck disable=SC2046
+RSS[nginx]=$(hwm_kb $(proc_tree "$NGINX_PID"))
+RSS[sluice]=$(hwm_kb "$SLUICE_PID")
+
+SLUICE_WARN=$(grep -ciE '\b(WARN|ERROR)\b' "$TMP/sluice.log" || true)
+
+# ---------------------------------------------------------------- report
+fmt_rounds() { # LABEL
+    local l=$1 rps cpu out="" i
+    read -r -a rps <<<"${RPS[$l]}"
+    read -r -a cpu <<<"${CPU[$l]}"
+    for i in "${!rps[@]}"; do
+        [[ -n "$out" ]] && out+=", "
+        if [[ "${cpu[$i]}" == "-" ]]; then out+="${rps[$i]}"; else out+="${rps[$i]} / ${cpu[$i]}"; fi
+    done
+    echo "$out"
+}
+row() { # LABEL NAME
+    local l=$1 name=$2 cpu rss errs
+    # shellcheck disable=SC2086
+    if [[ $l == direct ]]; then cpu="-"; else cpu=$(median ${CPU[$l]}); fi
+    if [[ -n "${RSS[$l]:-}" ]]; then rss=$(awk -v k="${RSS[$l]}" 'BEGIN { printf "%.1f", k / 1024 }'); else rss="-"; fi
+    errs=${ERR[$l]:-none}
+    errs=${errs%; }
+    # shellcheck disable=SC2086
+    printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$(median ${RPS[$l]})" "$cpu" \
+        "$(median ${P99[$l]})" "$rss" "$(fmt_rounds "$l")" "$errs"
+}
+
+TABLE=$(
+    echo "### sluice vs NGINX, scenario: $SCENARIO ($([[ $SCENARIO == weighted ]] && echo '90/10 over two upstreams' || echo 'one upstream'))"
+    echo
+    echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved round(s), medians; proxy on core $PROXY_CORE, wrk + upstreams on core $LOAD_CORE."
+    echo "nginx $NGINX_VERSION, wrk $WRK_VERSION, sluice $SLUICE_REV, $(date -u +%Y-%m-%dT%H:%MZ), CLK_TCK=$CLK_TCK."
+    echo
+    echo "| proxy | req/s | CPU µs/request | p99 ms | peak RSS MB | rounds (req/s / CPU µs/req) | errors |"
+    echo "| --- | --- | --- | --- | --- | --- | --- |"
+    row nginx "NGINX (proxy)"
+    row sluice "sluice"
+    row direct "direct to upstream (reference)"
+    echo
+    echo "Split check (200 requests, up1/up2): NGINX ${SPLIT[nginx]}, sluice ${SPLIT[sluice]}. sluice log WARN/ERROR lines: $SLUICE_WARN."
+    echo "NGINX peak RSS is the sum over master and worker."
+)
+
+echo
+echo "$TABLE"
+if [[ -n "$OUT" ]]; then
+    printf '%s\n' "$TABLE" >"$OUT"
+    log "table written to $OUT"
+fi
+if ((SLUICE_WARN > 0)); then
+    log "sluice log WARN/ERROR lines (first 10):"
+    grep -iE '\b(WARN|ERROR)\b' "$TMP/sluice.log" | head -n 10 >&2 || true
+fi

@@ -1,0 +1,234 @@
+//! `compile` for `routing.rules` and `routing.sticky`.
+
+use http::{HeaderName, HeaderValue};
+
+use super::compile::Errors;
+use super::raw::{RawRule, RawSticky};
+use super::{units, KeySource, RuleMatch, RuleSpec, StickySpec, DEFAULT_STICKY_TTL};
+
+/// Checks a service's rules against its version `names`.
+pub(super) fn compile_rules(at: &str, raw: &[RawRule], names: &[&str], errors: &mut Errors) -> Vec<RuleSpec> {
+    let mut rules = Vec::with_capacity(raw.len());
+    for (j, rule) in raw.iter().enumerate() {
+        let rat = format!("{at}.routing.rules[{j}]");
+        let version = names.iter().position(|n| *n == rule.version);
+        if version.is_none() {
+            errors.push(
+                format!("{rat}.version"),
+                format!("unknown version \"{}\" (versions: {})", rule.version, names.join(", ")),
+            );
+        }
+        let matcher = match (&rule.matcher.header, &rule.matcher.cookie) {
+            (Some(header), None) => header_match(&rat, &header.name, header.value.as_deref(), header.present, errors),
+            (None, Some(cookie)) => cookie_match(&rat, &cookie.name, &cookie.value, errors),
+            _ => {
+                errors.push(
+                    format!("{rat}.match"),
+                    "needs exactly one of `header: { name, value }` or `cookie: { name, value }`",
+                );
+                None
+            }
+        };
+        if let (Some(matcher), Some(version)) = (matcher, version) {
+            rules.push(RuleSpec { matcher, version });
+        }
+    }
+    rules
+}
+
+fn header_match(
+    rat: &str,
+    name: &str,
+    value: Option<&str>,
+    present: Option<bool>,
+    errors: &mut Errors,
+) -> Option<RuleMatch> {
+    let name = match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(name) => name,
+        Err(_) => {
+            errors.push(
+                format!("{rat}.match.header.name"),
+                format!("\"{name}\" is not a valid header name"),
+            );
+            return None;
+        }
+    };
+    match (value, present) {
+        (Some(value), None) => match HeaderValue::from_str(value) {
+            Ok(value) => Some(RuleMatch::Header {
+                name,
+                value: Some(value),
+            }),
+            Err(_) => {
+                errors.push(
+                    format!("{rat}.match.header.value"),
+                    format!("\"{value}\" is not a valid header value"),
+                );
+                None
+            }
+        },
+        (None, Some(true)) => Some(RuleMatch::Header { name, value: None }),
+        _ => {
+            errors.push(
+                format!("{rat}.match.header"),
+                "needs exactly one of `value: \"...\"` or `present: true`",
+            );
+            None
+        }
+    }
+}
+
+/// A cookie name is an RFC 6265 token.
+fn valid_cookie_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}".contains(&b))
+}
+
+fn cookie_match(rat: &str, name: &str, value: &str, errors: &mut Errors) -> Option<RuleMatch> {
+    if !valid_cookie_name(name) {
+        errors.push(
+            format!("{rat}.match.cookie.name"),
+            format!("\"{name}\" is not a valid cookie name"),
+        );
+        return None;
+    }
+    Some(RuleMatch::Cookie {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    })
+}
+
+/// Checks a service's sticky settings.
+pub(super) fn compile_sticky(at: &str, raw: &RawSticky, errors: &mut Errors) -> Option<StickySpec> {
+    let sat = format!("{at}.routing.sticky");
+    let before = errors.0.len();
+    if !valid_cookie_name(&raw.cookie) {
+        errors.push(
+            format!("{sat}.cookie"),
+            format!("\"{}\" is not a valid cookie name", raw.cookie),
+        );
+    }
+    let key = raw.hash_key.as_deref().and_then(|text| match text.split_once(':') {
+        Some(("header", name)) => match HeaderName::from_bytes(name.trim().as_bytes()) {
+            Ok(name) => Some(KeySource::Header(name)),
+            Err(_) => {
+                errors.push(
+                    format!("{sat}.hash_key"),
+                    format!("\"{name}\" is not a valid header name"),
+                );
+                None
+            }
+        },
+        Some(("cookie", name)) if valid_cookie_name(name.trim()) => Some(KeySource::Cookie(name.trim().to_owned())),
+        _ => {
+            errors.push(
+                format!("{sat}.hash_key"),
+                format!("\"{text}\" is not a key: write `header:NAME` (e.g. header:x-user-id) or `cookie:NAME`"),
+            );
+            None
+        }
+    });
+    let ttl = match raw.ttl.as_deref().map(units::duration) {
+        None => DEFAULT_STICKY_TTL,
+        Some(Ok(ttl)) if ttl.as_secs() >= 1 => ttl,
+        Some(Ok(_)) => {
+            errors.push(
+                format!("{sat}.ttl"),
+                "must be at least 1s (cookies count in whole seconds)",
+            );
+            DEFAULT_STICKY_TTL
+        }
+        Some(Err(e)) => {
+            errors.push(format!("{sat}.ttl"), e);
+            DEFAULT_STICKY_TTL
+        }
+    };
+    (errors.0.len() == before).then(|| StickySpec {
+        cookie: raw.cookie.clone(),
+        key,
+        ttl,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, KeySource, RuleMatch};
+
+    fn service(routing: &str) -> String {
+        format!(
+            "listeners: [{{ name: p, address: 127.0.0.1:0 }}]\nservices:\n  - name: s\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }}, canary: {{ endpoints: [127.0.0.1:2] }} }}\n    routing:\n{routing}"
+        )
+    }
+
+    #[test]
+    fn rules_and_sticky_compile() {
+        let yaml = service(
+            "      weights: { blue: 1 }
+      rules:
+        - { match: { header: { name: X-Sluice-Version, value: canary } }, version: canary }
+        - { match: { header: { name: x-beta, present: true } }, version: canary }
+        - { match: { cookie: { name: beta, value: \"1\" } }, version: blue }
+      sticky: { cookie: sluice-s, hash_key: \"header:x-user-id\", ttl: 30m }
+",
+        );
+        let config = parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
+        let s = &config.services[0];
+        assert_eq!(s.rules.len(), 3);
+        assert_eq!(s.rules[0].version, 1);
+        assert!(
+            matches!(&s.rules[0].matcher, RuleMatch::Header { name, value: Some(v) } if name == "x-sluice-version" && v == "canary")
+        );
+        assert!(matches!(&s.rules[1].matcher, RuleMatch::Header { value: None, .. }));
+        assert_eq!(
+            s.rules[2].matcher,
+            RuleMatch::Cookie {
+                name: "beta".into(),
+                value: "1".into()
+            }
+        );
+        let sticky = s.sticky.as_ref().expect("sticky");
+        assert_eq!(
+            sticky.key,
+            Some(KeySource::Header(http::HeaderName::from_static("x-user-id")))
+        );
+        assert_eq!(sticky.ttl.as_secs(), 1800);
+    }
+
+    #[test]
+    fn bad_rules_and_sticky_report_every_error() {
+        let yaml = service(
+            "      rules:
+        - { match: { header: { name: x-a, value: b, present: true } }, version: canry }
+        - { match: { header: { name: \"bad name\", value: b } }, version: blue }
+        - { match: { cookie: { name: \"a;b\", value: x } }, version: blue }
+        - { match: {}, version: blue }
+      sticky: { cookie: \"\", hash_key: \"query:id\", ttl: 0s }
+",
+        );
+        let errors: Vec<String> = parse(&yaml)
+            .expect_err("invalid")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let expected = [
+            "services[0].routing.rules[0].version: unknown version \"canry\" (versions: blue, canary)",
+            "services[0].routing.rules[0].match.header: needs exactly one of",
+            "services[0].routing.rules[1].match.header.name: \"bad name\" is not a valid header name",
+            "services[0].routing.rules[2].match.cookie.name: \"a;b\" is not a valid cookie name",
+            "services[0].routing.rules[3].match: needs exactly one of",
+            "services[0].routing.sticky.cookie: \"\" is not a valid cookie name",
+            "services[0].routing.sticky.hash_key: \"query:id\" is not a key",
+            "services[0].routing.sticky.ttl: must be at least 1s",
+        ];
+        for want in expected {
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+}
