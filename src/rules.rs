@@ -74,7 +74,8 @@ mod tests {
 
     #[test]
     fn first_match_table() {
-        let cases: [(&[(&'static str, &'static str)], Option<usize>); 8] = [
+        type Case = (&'static [(&'static str, &'static str)], Option<usize>);
+        let cases: [Case; 8] = [
             (&[], None),
             (&[("x-version", "canary")], Some(1)),
             (&[("x-version", "Canary")], None),
