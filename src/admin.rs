@@ -1,29 +1,77 @@
-//! The admin listener. For now: liveness and readiness probes; the JSON API comes with
-//! routing control. Never served on a data-plane listener.
+//! The admin listener: probes and the JSON API over the control plane. Never served on a
+//! data-plane listener. With a token configured, every `/api` call needs
+//! `Authorization: Bearer <token>`, compared in constant time.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-/// Serves the admin endpoints on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
+use crate::config::{HostPattern, KeySource, Protocol, RuleMatch};
+use crate::control::{Control, ControlError};
+use crate::table::Service;
+
+/// Largest admin request body accepted.
+const MAX_BODY: usize = 64 << 10;
+/// Pause after a failed `accept` so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+
+/// The admin API's state.
+#[derive(Debug)]
+pub struct Admin {
+    control: Arc<Control>,
+    token: Option<String>,
+}
+
+impl Admin {
+    /// An admin API over `control`; with `token`, `/api` calls must present it.
+    pub fn new(control: Arc<Control>, token: Option<String>) -> Self {
+        Self { control, token }
+    }
+
+    /// Reads a token file: its content without surrounding whitespace, never empty.
+    pub fn read_token(path: &std::path::Path) -> std::io::Result<String> {
+        let token = std::fs::read_to_string(path)?.trim().to_owned();
+        if token.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} is empty", path.display()),
+            ));
+        }
+        Ok(token)
+    }
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: impl Future<Output = ()>) {
     let accept = async {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                // Out of file descriptors, say: wait instead of spinning.
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!(%error, "admin accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
             };
+            let admin = Arc::clone(&admin);
             tokio::spawn(async move {
-                let service = service_fn(|request| async move { Ok::<_, Infallible>(respond(&request)) });
+                let service = service_fn(move |request| {
+                    let admin = Arc::clone(&admin);
+                    async move { Ok::<_, Infallible>(handle(&admin, request, peer).await) }
+                });
                 let _ = auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
@@ -36,21 +84,257 @@ pub async fn serve(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     }
 }
 
-fn respond(request: &Request<Incoming>) -> Response<Full<Bytes>> {
-    let (status, body) = match (request.method(), request.uri().path()) {
-        (&Method::GET, "/healthz") => (StatusCode::OK, "{\"status\":\"ok\"}"),
-        // Listeners are bound and the config loaded before the admin listener starts.
-        (&Method::GET, "/readyz") => (StatusCode::OK, "{\"status\":\"ready\"}"),
-        (_, "/healthz" | "/readyz") => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "{\"error\":\"method not allowed: use GET\"}",
-        ),
-        _ => (StatusCode::NOT_FOUND, "{\"error\":\"not found\"}"),
+/// An admin error: a status and a message, sent as `{"error": "..."}`.
+struct ApiError(StatusCode, String);
+
+impl From<ControlError> for ApiError {
+    fn from(error: ControlError) -> Self {
+        match error {
+            ControlError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+            ControlError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            e @ ControlError::Config(_) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+        }
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+async fn handle(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    let result = route(admin, request, peer).await;
+    let (status, body) = match result {
+        Ok(body) => (StatusCode::OK, body),
+        Err(ApiError(status, message)) => (status, json!({ "error": message })),
     };
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string() + "\n")));
     *response.status_mut() = status;
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> Result<Value, ApiError> {
+    let path = request.uri().path().to_owned();
+    let method = request.method().clone();
+    match (&method, path.as_str()) {
+        (&Method::GET, "/healthz") => return Ok(json!({ "status": "ok" })),
+        // The config is loaded and the listeners bound before the admin listener starts.
+        (&Method::GET, "/readyz") => return Ok(json!({ "status": "ready" })),
+        (_, "/healthz" | "/readyz") => return Err(method_not_allowed("GET")),
+        _ => {}
+    }
+    let Some(api) = path.strip_prefix("/api/v1/") else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no such path {path}")));
+    };
+    authorize(admin, &request)?;
+    let actor = format!("admin {}", peer.ip());
+    let control = &admin.control;
+    let segments: Vec<&str> = api.split('/').collect();
+    match (&method, segments.as_slice()) {
+        (&Method::GET, ["services"]) => {
+            let table = control.routing().load();
+            let services: Vec<Value> = table.services.iter().map(|s| service_view(control, s)).collect();
+            Ok(json!({ "revision": table.revision, "services": services }))
+        }
+        (&Method::GET, ["services", name]) => {
+            let table = control.routing().load();
+            let service = table.service(name).ok_or_else(|| unknown_service(name))?;
+            Ok(json!({ "revision": table.revision, "service": service_view(control, service) }))
+        }
+        (&Method::PUT, ["services", name, "weights"]) => {
+            let weights = weights_body(&read_json(request).await?)?;
+            let revision = control.set_weights(name, &weights, actor)?;
+            Ok(service_after(control, name, revision))
+        }
+        (&Method::POST, ["services", name, "revert"]) => {
+            let body = read_json(request).await?;
+            let target = body
+                .get("revision")
+                .and_then(Value::as_u64)
+                .ok_or_else(|| bad_request("body must be {\"revision\": N} with N a revision number"))?;
+            let revision = control.revert(name, target, actor)?;
+            Ok(service_after(control, name, revision))
+        }
+        (&Method::GET, ["history"]) => {
+            let service = query_param(request.uri().query(), "service");
+            if let Some(name) = &service {
+                control
+                    .routing()
+                    .load()
+                    .service(name)
+                    .ok_or_else(|| unknown_service(name))?;
+            }
+            Ok(json!({ "entries": control.history(service.as_deref()) }))
+        }
+        (&Method::POST, ["reload"]) => {
+            Ok(serde_json::to_value(control.reload(&format!("reload (api, {actor})"))?).unwrap_or(Value::Null))
+        }
+        (&Method::GET, ["config"]) => Ok(control.config_report()),
+        (_, ["services"] | ["services", _] | ["history"] | ["config"]) => Err(method_not_allowed("GET")),
+        (_, ["services", _, "weights"]) => Err(method_not_allowed("PUT")),
+        (_, ["services", _, "revert"] | ["reload"]) => Err(method_not_allowed("POST")),
+        _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no such path {path}"))),
+    }
+}
+
+fn method_not_allowed(allowed: &str) -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed: use {allowed}"),
+    )
+}
+
+fn unknown_service(name: &str) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, format!("unknown service \"{name}\""))
+}
+
+fn authorize(admin: &Admin, request: &Request<Incoming>) -> Result<(), ApiError> {
+    let Some(token) = &admin.token else { return Ok(()) };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(presented, token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong bearer token".into(),
+        ))
+    }
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
+    let bytes = Limited::new(request.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| bad_request(format!("cannot read the body (at most {MAX_BODY} bytes): {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("body is not valid JSON: {e}")))
+}
+
+fn weights_body(body: &Value) -> Result<BTreeMap<String, u64>, ApiError> {
+    let object = body
+        .as_object()
+        .ok_or_else(|| bad_request("body must be an object such as {\"blue\": 90, \"canary\": 10}"))?;
+    object
+        .iter()
+        .map(|(version, weight)| {
+            weight.as_u64().map(|w| (version.clone(), w)).ok_or_else(|| {
+                bad_request(format!(
+                    "weight of \"{version}\" must be a non-negative integer, got {weight}"
+                ))
+            })
+        })
+        .collect()
+}
+
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query?
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn service_after(control: &Control, name: &str, revision: u64) -> Value {
+    let table = control.routing().load();
+    let service = table.service(name).map(|s| service_view(control, s));
+    json!({ "revision": revision, "service": service })
+}
+
+/// A service as the API shows it.
+pub fn service_view(control: &Control, service: &Service) -> Value {
+    let total: u64 = service.weights().map(|(_, w)| w).sum();
+    let versions: Vec<Value> = service
+        .versions
+        .iter()
+        .zip(service.weights())
+        .map(|(version, (_, weight))| {
+            let share = if total == 0 { 0.0 } else { weight as f64 * 100.0 / total as f64 };
+            let endpoints: Vec<Value> = version
+                .endpoints
+                .iter()
+                .map(|e| json!({ "address": &*e.label, "healthy": true, "inflight": e.inflight() }))
+                .collect();
+            let protocol = match version.protocol {
+                Protocol::Http1 => "http1",
+                Protocol::Http2 => "http2",
+            };
+            json!({ "name": &*version.name, "protocol": protocol, "weight": weight, "share": share, "endpoints": endpoints })
+        })
+        .collect();
+    let hosts: Vec<String> = service
+        .hosts
+        .iter()
+        .map(|h| match h {
+            HostPattern::Exact(name) => name.clone(),
+            HostPattern::Suffix(suffix) => format!("*{suffix}"),
+        })
+        .collect();
+    let rules: Vec<Value> = service
+        .rules
+        .iter()
+        .map(|rule| {
+            let matcher = match &rule.matcher {
+                RuleMatch::Header {
+                    name,
+                    value: Some(value),
+                } => json!({ "header": { "name": name.as_str(), "value": value.to_str().unwrap_or("") } }),
+                RuleMatch::Header { name, value: None } => {
+                    json!({ "header": { "name": name.as_str(), "present": true } })
+                }
+                RuleMatch::Cookie { name, value } => json!({ "cookie": { "name": name, "value": value } }),
+            };
+            json!({ "match": matcher, "version": &*service.versions[rule.version].name })
+        })
+        .collect();
+    let sticky = service.sticky.as_ref().map(|s| {
+        let key = s.key.as_ref().map(|k| match k {
+            KeySource::Header(name) => format!("header:{name}"),
+            KeySource::Cookie(name) => format!("cookie:{name}"),
+        });
+        json!({ "cookie": s.cookie, "hash_key": key, "ttl": humantime::format_duration(s.ttl).to_string() })
+    });
+    json!({
+        "name": &*service.name,
+        "hosts": hosts,
+        "path_prefix": service.path_prefix,
+        "expose_version": service.expose_version,
+        "weights_from": if control.has_override(&service.name) { "admin override" } else { "config" },
+        "versions": versions,
+        "rules": rules,
+        "sticky": sticky,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_tokens() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+    }
+
+    #[test]
+    fn query_params() {
+        assert_eq!(
+            query_param(Some("service=checkout&x=1"), "service").as_deref(),
+            Some("checkout")
+        );
+        assert_eq!(query_param(Some("x=1"), "service"), None);
+        assert_eq!(query_param(None, "service"), None);
+    }
 }

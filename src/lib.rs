@@ -14,18 +14,24 @@
 //! Around it:
 //! - [`config`]: the YAML file, its raw serde types and `compile`, which reports every error.
 //! - [`table`]: the immutable routing table and the `ArcSwap` that publishes it.
-//! - [`admin`]: the admin listener.
+//! - [`control`]: the only writer of the table: overrides, revisions, history, reload.
+//! - [`state`]: what survives a restart, in `state_dir`.
+//! - [`reload`]: the config file watcher and SIGHUP.
+//! - [`admin`]: the admin listener and its JSON API.
 
 pub mod admin;
 pub mod body;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod forward;
 pub mod listener;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod rules;
 pub mod split;
+pub mod state;
 pub mod sticky;
 pub mod table;
 pub mod upstream;

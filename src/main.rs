@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sluice::{config, Routing};
+use sluice::admin::Admin;
+use sluice::config;
+use sluice::control::Control;
 
 /// The configuration file used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "config/sluice.yaml";
@@ -78,10 +80,20 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config =
-        config::load(path).map_err(|errors| anyhow::anyhow!("invalid configuration {}:\n{errors}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let config = config::parse(&text)
+        .map_err(|errors| anyhow::anyhow!("invalid configuration {}:\n{errors}", path.display()))?;
     for warning in &config.warnings {
         tracing::warn!("{warning}");
+    }
+    let token = match config.admin.as_ref().and_then(|a| a.token_file.as_ref()) {
+        Some(file) => {
+            Some(Admin::read_token(file).with_context(|| format!("cannot read admin.token_file {}", file.display()))?)
+        }
+        None => None,
+    };
+    if config.state_dir.is_none() {
+        tracing::warn!("state_dir is not set: weight overrides and history will not survive a restart");
     }
     let workers = config
         .workers
@@ -100,18 +112,26 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             tracing::info!(name = %listener.name, addr = %bound.local_addr()?, "listening");
             listeners.push(bound);
         }
-        let routing = Arc::new(Routing::new(&config));
+        let admin_address = config.admin.as_ref().map(|a| a.address);
+        let control = Arc::new(
+            Control::start(config, Some(text), Some(path.to_owned())).context("cannot restore state from state_dir")?,
+        );
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        if let Some(address) = config.admin.as_ref().map(|a| a.address) {
+        if let Some(address) = admin_address {
             let admin = tokio::net::TcpListener::bind(address)
                 .await
                 .with_context(|| format!("cannot bind the admin listener on {address}"))?;
             tracing::info!(addr = %admin.local_addr()?, "admin listening");
             let mut stopped = stopped.clone();
-            tokio::spawn(sluice::admin::serve(admin, async move {
+            let api = Arc::new(Admin::new(Arc::clone(&control), token));
+            tokio::spawn(sluice::admin::serve(admin, api, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }));
         }
+        let _watcher = sluice::reload::watch(Arc::clone(&control), path).context("cannot watch the config file")?;
+        #[cfg(unix)]
+        sluice::reload::on_sighup(Arc::clone(&control)).context("cannot listen for SIGHUP")?;
+        let routing = Arc::clone(control.routing());
         tracing::info!(revision = routing.load().revision, workers, "sluice started");
         sluice::run(listeners, routing, async move {
             shutdown_signal().await;
