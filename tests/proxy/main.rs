@@ -1,10 +1,13 @@
 //! Integration tests of the request path: real upstreams and the real proxy on 127.0.0.1:0,
 //! real HTTP clients.
 
+mod admin;
 mod failures;
 mod h2;
 mod headers;
 mod pooling;
+mod reload;
 mod routing;
+mod stickiness;
 mod streaming;
 mod support;

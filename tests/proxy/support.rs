@@ -269,3 +269,126 @@ pub async fn check_pattern(
     }
     Ok(offset)
 }
+
+/// A fresh, empty directory for one test's files.
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("sluice-it-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+/// The proxy with its whole control plane: config file on disk, file watcher, admin API.
+pub struct Controlled {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub control: Arc<sluice::control::Control>,
+    pub token: Option<String>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+/// Options for [`controlled`].
+#[derive(Default)]
+pub struct Options {
+    /// Require this admin token.
+    pub token: Option<&'static str>,
+    /// Watch the config file for changes.
+    pub watch: bool,
+}
+
+/// Starts the control plane and proxy from the config file at `path` (already written).
+pub async fn controlled(path: &std::path::Path, options: Options) -> Controlled {
+    let text = std::fs::read_to_string(path).expect("read config");
+    let config = sluice::config::parse(&text).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{text}"));
+    let listener = TcpListener::bind(config.listeners[0].address)
+        .await
+        .expect("bind proxy");
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+    let (addr, admin) = (
+        listener.local_addr().expect("addr"),
+        admin_listener.local_addr().expect("addr"),
+    );
+    let control =
+        Arc::new(sluice::control::Control::start(config, Some(text), Some(path.to_owned())).expect("control"));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let api = Arc::new(sluice::admin::Admin::new(
+        Arc::clone(&control),
+        options.token.map(str::to_owned),
+    ));
+    let tasks = vec![
+        tokio::spawn(sluice::admin::serve(admin_listener, api, wait(stopped.clone()))),
+        tokio::spawn(sluice::run(
+            vec![listener],
+            Arc::clone(control.routing()),
+            wait(stopped),
+        )),
+    ];
+    let watcher = options
+        .watch
+        .then(|| sluice::reload::watch(Arc::clone(&control), path).expect("watch"));
+    Controlled {
+        addr,
+        admin,
+        control,
+        token: options.token.map(str::to_owned),
+        stop,
+        tasks,
+        _watcher: watcher,
+    }
+}
+
+impl Controlled {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Calls the admin API; returns the status and the JSON body.
+    pub async fn api(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.admin, path));
+        if let Some(token) = &self.token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let request = request.body(full(body.unwrap_or("").to_owned())).expect("request");
+        let (status, _, bytes) = send(&http1_client(), request).await;
+        let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("admin body is not JSON ({e}): {bytes:?}"));
+        (status, json)
+    }
+
+    /// The version that served a request (needs `expose_version: true`).
+    pub async fn version_for(&self, client: &Client<HttpConnector, Body>, headers: &[(&str, &str)]) -> String {
+        let mut request = Request::get(self.url("/"));
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let (status, headers, _) = send(client, request.body(empty()).expect("request")).await;
+        assert_eq!(status, StatusCode::OK);
+        headers
+            .get("x-sluice-version")
+            .expect("x-sluice-version")
+            .to_str()
+            .expect("ascii")
+            .to_owned()
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            within("controlled shutdown", task).await.expect("task");
+        }
+    }
+}
+
+/// A whole config: one listener, `extra` top-level YAML, and blue/canary versions on the
+/// given upstreams with `routing` (YAML lines under `routing:`).
+pub fn blue_canary(blue: SocketAddr, canary: SocketAddr, routing: &str, extra: &str) -> String {
+    format!(
+        "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\n{extra}\nservices:\n  - name: app\n    expose_version: true\n    versions:\n      blue: {{ endpoints: [{blue}] }}\n      canary: {{ endpoints: [{canary}] }}\n    routing:\n{routing}\n"
+    )
+}

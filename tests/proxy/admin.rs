@@ -1,0 +1,333 @@
+//! The admin API: weights, history, revert, validation of bodies, token auth, and state that
+//! survives a restart.
+
+use http::StatusCode;
+use serde_json::Value;
+
+use crate::support::*;
+
+fn weights_of(service_view: &Value) -> Vec<(String, u64)> {
+    service_view["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().expect("name").to_owned(),
+                v["weight"].as_u64().expect("weight"),
+            )
+        })
+        .collect()
+}
+
+async fn all_served_by(proxy: &Controlled, want: &str) {
+    let client = http1_client();
+    for _ in 0..20 {
+        assert_eq!(proxy.version_for(&client, &[]).await, want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_history_and_revert() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("admin-weights");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(
+        &path,
+        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
+    )
+    .expect("write");
+    let proxy = controlled(&path, Options::default()).await;
+
+    let (status, body) = proxy.api("GET", "/api/v1/services/app", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        weights_of(&body["service"]),
+        vec![("blue".into(), 100), ("canary".into(), 0)]
+    );
+    assert_eq!(body["service"]["weights_from"], "config");
+    let first = body["revision"].as_u64().expect("revision");
+    all_served_by(&proxy, "blue").await;
+
+    let (status, body) = proxy
+        .api("PUT", "/api/v1/services/app/weights", Some(r#"{"canary": 1}"#))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["revision"].as_u64(), Some(first + 1));
+    assert_eq!(
+        weights_of(&body["service"]),
+        vec![("blue".into(), 0), ("canary".into(), 1)],
+        "left out: 0"
+    );
+    assert_eq!(body["service"]["weights_from"], "admin override");
+    all_served_by(&proxy, "canary").await;
+
+    let (_, history) = proxy.api("GET", "/api/v1/history", None).await;
+    let entries = history["entries"].as_array().expect("entries");
+    assert_eq!(entries[0]["revision"].as_u64(), Some(first + 1), "newest first");
+    assert_eq!(entries[0]["cause"], "admin");
+    assert!(entries[0]["actor"]
+        .as_str()
+        .expect("actor")
+        .starts_with("admin 127.0.0.1"));
+    assert_eq!(entries[0]["weights"]["app"]["canary"], 1);
+    assert_eq!(entries[1]["cause"], "config");
+
+    let (status, body) = proxy
+        .api(
+            "POST",
+            "/api/v1/services/app/revert",
+            Some(&format!("{{\"revision\": {first}}}")),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["revision"].as_u64(), Some(first + 2));
+    assert_eq!(
+        weights_of(&body["service"]),
+        vec![("blue".into(), 100), ("canary".into(), 0)]
+    );
+    all_served_by(&proxy, "blue").await;
+    let (_, history) = proxy.api("GET", "/api/v1/history?service=app", None).await;
+    let actor = history["entries"][0]["actor"].as_str().expect("actor").to_owned();
+    assert!(actor.contains(&format!("revert to {first}")), "{actor}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("admin-errors");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(
+        &path,
+        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
+    )
+    .expect("write");
+    let proxy = controlled(&path, Options::default()).await;
+    let cases: [(&str, &str, Option<&str>, StatusCode, &str); 10] = [
+        (
+            "PUT",
+            "/api/v1/services/app/weights",
+            Some(r#"{"canry": 5}"#),
+            StatusCode::BAD_REQUEST,
+            "unknown version \"canry\" (versions: blue, canary)",
+        ),
+        (
+            "PUT",
+            "/api/v1/services/app/weights",
+            Some(r#"{"blue": 0, "canary": 0}"#),
+            StatusCode::BAD_REQUEST,
+            "every weight is 0",
+        ),
+        (
+            "PUT",
+            "/api/v1/services/app/weights",
+            Some("{}"),
+            StatusCode::BAD_REQUEST,
+            "name at least one version",
+        ),
+        (
+            "PUT",
+            "/api/v1/services/app/weights",
+            Some(r#"{"blue": -5}"#),
+            StatusCode::BAD_REQUEST,
+            "must be a non-negative integer",
+        ),
+        (
+            "PUT",
+            "/api/v1/services/app/weights",
+            Some("blue=5"),
+            StatusCode::BAD_REQUEST,
+            "not valid JSON",
+        ),
+        (
+            "PUT",
+            "/api/v1/services/app/weights",
+            Some("[1]"),
+            StatusCode::BAD_REQUEST,
+            "must be an object",
+        ),
+        (
+            "PUT",
+            "/api/v1/services/nope/weights",
+            Some(r#"{"blue": 1}"#),
+            StatusCode::NOT_FOUND,
+            "unknown service \"nope\"",
+        ),
+        (
+            "POST",
+            "/api/v1/services/app/revert",
+            Some(r#"{"revision": 999}"#),
+            StatusCode::NOT_FOUND,
+            "revision 999 is not in the history",
+        ),
+        (
+            "POST",
+            "/api/v1/services/app/revert",
+            Some(r#"{"rev": 1}"#),
+            StatusCode::BAD_REQUEST,
+            "body must be {\"revision\": N}",
+        ),
+        (
+            "DELETE",
+            "/api/v1/services/app/weights",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use PUT",
+        ),
+    ];
+    let (_, before) = proxy.api("GET", "/api/v1/services", None).await;
+    for (method, path, body, status, message) in cases {
+        let (got, json) = proxy.api(method, path, body).await;
+        assert_eq!(got, status, "{method} {path} {body:?}: {json}");
+        let error = json["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no error field: {json}"));
+        assert!(
+            error.contains(message),
+            "{method} {path} {body:?}: {error:?} lacks {message:?}"
+        );
+    }
+    let (_, after) = proxy.api("GET", "/api/v1/services", None).await;
+    assert_eq!(before, after, "failed calls must not publish anything");
+    let (status, _) = proxy.api("GET", "/api/v1/nothing", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_is_required_for_the_api_but_not_the_probes() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("admin-token");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(
+        &path,
+        blue_canary(blue.addr, canary.addr, "      weights: { blue: 1 }", ""),
+    )
+    .expect("write");
+    let proxy = controlled(
+        &path,
+        Options {
+            token: Some("s3cret"),
+            watch: false,
+        },
+    )
+    .await;
+    let (status, _) = proxy.api("GET", "/api/v1/services", None).await;
+    assert_eq!(status, StatusCode::OK, "the right token works");
+
+    let client = http1_client();
+    let call = |auth: Option<&str>, path: &str| {
+        let mut request = http::Request::get(format!("http://{}{}", proxy.admin, path));
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        send(&client, request.body(empty()).expect("request"))
+    };
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer s3cre"),
+        Some("s3cret"),
+        Some("Bearer s3cret2"),
+    ] {
+        let (status, _, body) = call(auth, "/api/v1/services").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        assert!(String::from_utf8_lossy(&body).contains("bearer token"), "{auth:?}");
+    }
+    let (status, _, _) = call(Some("Bearer wrong"), "/api/v1/services/app/weights").await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "auth comes before routing");
+    for probe in ["/healthz", "/readyz"] {
+        let (status, _, _) = call(None, probe).await;
+        assert_eq!(status, StatusCode::OK, "{probe}");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overrides_and_revisions_survive_a_restart() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("admin-restart");
+    let path = dir.join("sluice.yaml");
+    let state = dir.join("state");
+    let extra = format!("state_dir: {}", state.display());
+    std::fs::write(
+        &path,
+        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", &extra),
+    )
+    .expect("write");
+
+    let proxy = controlled(&path, Options::default()).await;
+    let (status, body) = proxy
+        .api("PUT", "/api/v1/services/app/weights", Some(r#"{"canary": 100}"#))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let changed = body["revision"].as_u64().expect("revision");
+    all_served_by(&proxy, "canary").await;
+    proxy.shutdown().await;
+
+    let restarted = controlled(&path, Options::default()).await;
+    let (_, body) = restarted.api("GET", "/api/v1/services/app", None).await;
+    assert_eq!(
+        body["revision"].as_u64(),
+        Some(changed + 1),
+        "the revision counter continues"
+    );
+    assert_eq!(
+        weights_of(&body["service"]),
+        vec![("blue".into(), 0), ("canary".into(), 100)]
+    );
+    all_served_by(&restarted, "canary").await;
+    let (_, history) = restarted.api("GET", "/api/v1/history", None).await;
+    let revisions: Vec<u64> = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter_map(|e| e["revision"].as_u64())
+        .collect();
+    assert_eq!(
+        revisions,
+        vec![changed + 1, changed, changed - 1],
+        "history survives the restart"
+    );
+    restarted.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_that_removes_an_overridden_version_drops_the_override() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("admin-drop-override");
+    let path = dir.join("sluice.yaml");
+    std::fs::write(
+        &path,
+        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
+    )
+    .expect("write");
+    let proxy = controlled(&path, Options::default()).await;
+    proxy
+        .api(
+            "PUT",
+            "/api/v1/services/app/weights",
+            Some(r#"{"blue": 50, "canary": 50}"#),
+        )
+        .await;
+
+    let only_blue = format!(
+        "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\nservices:\n  - name: app\n    expose_version: true\n    versions: {{ blue: {{ endpoints: [{}] }} }}\n    routing: {{ weights: {{ blue: 7 }} }}\n",
+        blue.addr
+    );
+    std::fs::write(&path, only_blue).expect("write");
+    let (status, body) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["result"], "ok");
+    let warnings = body["warnings"].to_string();
+    assert!(
+        warnings.contains("dropping the weight override of \\\"app\\\""),
+        "{warnings}"
+    );
+    let (_, view) = proxy.api("GET", "/api/v1/services/app", None).await;
+    assert_eq!(weights_of(&view["service"]), vec![("blue".into(), 7)]);
+    assert_eq!(view["service"]["weights_from"], "config");
+    all_served_by(&proxy, "blue").await;
+    proxy.shutdown().await;
+}
