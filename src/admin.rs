@@ -131,7 +131,7 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
     authorize(admin, &request)?;
     let actor = format!("admin {}", peer.ip());
     let control = &admin.control;
-    let segments: Vec<&str> = api.split('/').collect();
+    let segments: Vec<&str> = api.trim_end_matches('/').split('/').collect();
     match (&method, segments.as_slice()) {
         (&Method::GET, ["services"]) => {
             let table = control.routing().load();
@@ -192,10 +192,13 @@ fn unknown_service(name: &str) -> ApiError {
 
 fn authorize(admin: &Admin, request: &Request<Incoming>) -> Result<(), ApiError> {
     let Some(token) = &admin.token else { return Ok(()) };
+    // The scheme is case-insensitive (RFC 9110 §11.1); the token is not.
     let presented = request
         .headers()
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .map(|v| v.as_bytes())
+        .filter(|v| v.len() > 7 && v[..7].eq_ignore_ascii_case(b"bearer "))
+        .map(|v| &v[7..])
         .unwrap_or_default();
     if constant_time_eq(presented, token.as_bytes()) {
         Ok(())

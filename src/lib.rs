@@ -18,11 +18,13 @@
 //! - [`state`]: what survives a restart, in `state_dir`.
 //! - [`reload`]: the config file watcher and SIGHUP.
 //! - [`admin`]: the admin listener and its JSON API.
+//! - [`ctl`]: `sluice ctl`, the admin API's command-line client.
 
 pub mod admin;
 pub mod body;
 pub mod config;
 pub mod control;
+pub mod ctl;
 pub mod error;
 pub mod forward;
 pub mod listener;

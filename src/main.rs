@@ -34,12 +34,15 @@ enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Talk to a running sluice through its admin API.
+    Ctl(sluice::ctl::CtlArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { config } => validate(&config),
+        Command::Ctl(args) => sluice::ctl::run(args),
         Command::Run { config } => match serve(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

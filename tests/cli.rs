@@ -90,6 +90,38 @@ fn validate_reports_unknown_sections_and_unreadable_files() {
     assert!(stdout.contains("cannot read"), "{stdout}");
 }
 
+/// Starts `sluice run -c config`; returns the child, the address it bound (port 0 is asked
+/// for, and the log says which port it got), and a thread collecting the rest of its log.
+fn spawn_sluice(config: &Path) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    use std::io::Read;
+    let mut child = Command::new(BIN)
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start sluice");
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let addr = loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).expect("read log") > 0,
+            "sluice exited before listening"
+        );
+        if let Some(rest) = line.split("listening name=p addr=").nth(1) {
+            break rest.trim().to_owned();
+        }
+    };
+    let log_tail = std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        rest
+    });
+    (child, addr, log_tail)
+}
+
 /// A minimal HTTP/1.1 upstream on a std thread: it answers each request only once `release`
 /// is set, counting requests received in `received`.
 fn held_upstream(received: Arc<AtomicUsize>, release: Arc<AtomicUsize>) -> std::net::SocketAddr {
@@ -114,7 +146,7 @@ fn held_upstream(received: Arc<AtomicUsize>, release: Arc<AtomicUsize>) -> std::
                 while release.load(Ordering::SeqCst) == 0 && start.elapsed() < DEADLINE {
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished");
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\nconnection: close\r\n\r\nfinished");
             });
         }
     });
@@ -144,33 +176,7 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
         ),
     )
     .expect("write config");
-    let mut child = Command::new(BIN)
-        .args(["run", "-c"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start sluice");
-
-    // The proxy logs the address it bound (port 0 was asked for).
-    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
-    let mut line = String::new();
-    let addr = loop {
-        line.clear();
-        assert!(
-            stderr.read_line(&mut line).expect("read log") > 0,
-            "sluice exited before listening"
-        );
-        if let Some(rest) = line.split("listening name=p addr=").nth(1) {
-            break rest.trim().to_owned();
-        }
-    };
-    let log_tail = std::thread::spawn(move || {
-        let mut rest = String::new();
-        let _ = stderr.read_to_string(&mut rest);
-        rest
-    });
+    let (mut child, addr, log_tail) = spawn_sluice(&config);
 
     let client = {
         let addr = addr.clone();
@@ -220,4 +226,59 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
     let log = log_tail.join().expect("log thread");
     assert!(exit.success(), "exit status {exit:?}; log:\n{log}");
     assert!(log.contains("SIGTERM received"), "{log}");
+}
+
+/// Sends a GET with `x-user-id: key` over a fresh connection; returns the `x-sluice-version`.
+fn version_for_key(addr: &str, key: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let request = format!("GET / HTTP/1.1\r\nHost: app\r\nx-user-id: {key}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+        .lines()
+        .find_map(|l| l.strip_prefix("x-sluice-version: "))
+        .unwrap_or_else(|| panic!("no version header in {answer:?}"))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn two_processes_bucket_every_key_identically() {
+    let (received, release) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(1)));
+    let blue = held_upstream(Arc::clone(&received), Arc::clone(&release));
+    let canary = held_upstream(Arc::clone(&received), Arc::clone(&release));
+    let dir = temp_dir("two-processes");
+    let config = dir.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "workers: 1
+listeners: [{{ name: p, address: 127.0.0.1:0 }}]
+services:
+  - name: app
+    expose_version: true
+    versions: {{ blue: {{ endpoints: [{blue}] }}, canary: {{ endpoints: [{canary}] }} }}
+    routing:
+      weights: {{ blue: 70, canary: 30 }}
+      sticky: {{ cookie: s, hash_key: \"header:x-user-id\" }}
+"
+        ),
+    )
+    .expect("write config");
+    let (mut first, first_addr, _) = spawn_sluice(&config);
+    let (mut second, second_addr, _) = spawn_sluice(&config);
+    let mut canaries = 0;
+    for i in 0..200 {
+        let key = format!("customer-{i}");
+        let (a, b) = (version_for_key(&first_addr, &key), version_for_key(&second_addr, &key));
+        assert_eq!(a, b, "{key} bucketed differently by two processes");
+        canaries += usize::from(a == "canary");
+    }
+    assert!((30..=90).contains(&canaries), "{canaries} of 200 keys in a 30% canary");
+    for child in [&mut first, &mut second] {
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        let _ = child.wait();
+    }
 }

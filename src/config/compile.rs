@@ -405,6 +405,21 @@ services:
     }
 
     #[test]
+    fn non_loopback_admin_needs_a_token() {
+        let service = "services:\n  - name: a\n    versions: { blue: { endpoints: [127.0.0.1:1] } }\n";
+        let open = format!("{BASE}admin: {{ address: 0.0.0.0:9901 }}\n{service}");
+        let errors = errors_of(&open);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("admin.address: 0.0.0.0:9901 is reachable from other hosts: set admin.token_file")
+        );
+        let guarded = format!("{BASE}admin: {{ address: 0.0.0.0:9901, token_file: /run/token }}\n{service}");
+        assert!(errors_of(&guarded).is_empty());
+        let local = format!("{BASE}admin: {{ address: 127.0.0.1:9901 }}\n{service}");
+        assert!(errors_of(&local).is_empty());
+    }
+
+    #[test]
     fn all_zero_weights_warn() {
         let yaml = format!("{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n");
         let config = parse(&yaml).expect("valid");

@@ -1,0 +1,106 @@
+//! The routing decision (service by host and path, then rules + sticky + weights) and its
+//! parts, on a table with three services, three rules, a sticky key and three versions.
+//! Target: the whole decision under 200 ns.
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue};
+use sluice::{router, split, Routing};
+use std::hint::black_box;
+
+const CONFIG: &str = r#"
+listeners: [{ name: p, address: 127.0.0.1:0 }]
+services:
+  - name: other
+    match: { hosts: [other.example.com] }
+    versions: { v: { endpoints: [127.0.0.1:1] } }
+    routing: { weights: { v: 1 } }
+  - name: api
+    match: { hosts: ["*.example.com"], path_prefix: /api }
+    versions: { v: { endpoints: [127.0.0.1:2] } }
+    routing: { weights: { v: 1 } }
+  - name: checkout
+    match: { hosts: [checkout.example.com], path_prefix: / }
+    versions:
+      blue: { endpoints: [127.0.0.1:9001, 127.0.0.1:9002] }
+      canary: { endpoints: [127.0.0.1:9101] }
+      green: { endpoints: [127.0.0.1:9201] }
+    routing:
+      weights: { blue: 90, canary: 10, green: 0 }
+      rules:
+        - { match: { header: { name: x-sluice-version, value: canary } }, version: canary }
+        - { match: { header: { name: x-debug, present: true } }, version: green }
+        - { match: { cookie: { name: beta, value: "1" } }, version: canary }
+      sticky: { cookie: sluice-checkout, hash_key: "header:x-user-id", ttl: 1h }
+"#;
+
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    for (k, v) in pairs {
+        map.append(*k, HeaderValue::from_static(v));
+    }
+    map
+}
+
+fn bench(c: &mut Criterion) {
+    let config = sluice::config::parse(CONFIG).expect("bench config");
+    let routing = Routing::new(&config);
+    let table = routing.load_full();
+    let typical = headers(&[
+        ("host", "checkout.example.com"),
+        ("user-agent", "bench/1.0"),
+        ("accept", "*/*"),
+        ("cookie", "session=abc123; theme=dark"),
+        ("x-user-id", "user-4711"),
+    ]);
+    let anonymous = headers(&[("host", "checkout.example.com"), ("accept", "*/*")]);
+    let pinned = headers(&[
+        ("host", "checkout.example.com"),
+        ("cookie", "theme=dark; sluice-checkout=canary"),
+    ]);
+
+    c.bench_function("decision: route + rules + sticky key + weights", |b| {
+        b.iter(|| {
+            let service = router::route(
+                &table,
+                Some(black_box("checkout.example.com")),
+                black_box("/cart/items"),
+            );
+            split::choose(service.expect("service"), black_box(&typical))
+        })
+    });
+    c.bench_function("decision: route + rules + random weight (no key)", |b| {
+        b.iter(|| {
+            let service = router::route(&table, Some(black_box("checkout.example.com")), black_box("/"));
+            split::choose(service.expect("service"), black_box(&anonymous))
+        })
+    });
+    c.bench_function("decision: route + rules + sticky cookie", |b| {
+        b.iter(|| {
+            let service = router::route(&table, Some(black_box("checkout.example.com")), black_box("/"));
+            split::choose(service.expect("service"), black_box(&pinned))
+        })
+    });
+    c.bench_function("part: router::route", |b| {
+        b.iter(|| {
+            router::route(
+                &table,
+                Some(black_box("checkout.example.com")),
+                black_box("/cart/items"),
+            )
+            .is_some()
+        })
+    });
+    let checkout = table.service("checkout").expect("checkout");
+    c.bench_function("part: rules::first_match (3 rules, no match)", |b| {
+        b.iter(|| sluice::rules::first_match(&checkout.rules, black_box(&typical)))
+    });
+    c.bench_function("part: rules::cookie_value", |b| {
+        b.iter(|| sluice::rules::cookie_value(black_box(&typical), black_box("sluice-checkout")))
+    });
+    c.bench_function("sticky::bucket (16-byte key)", |b| {
+        b.iter(|| sluice::sticky::bucket(black_box(b"user-4711-abcdef")))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -1,0 +1,432 @@
+//! `sluice ctl`: the admin API's command-line client. It sends one request, prints the answer
+//! as aligned tables for people (or the server's JSON with `--json`, for scripts), and exits
+//! non-zero with `error: <reason>` on stderr when the request cannot be made or is refused.
+//!
+//! Exit codes: 0 success, 1 the admin API is unreachable or refused the request, 2 bad usage
+//! (unreadable token file, malformed admin URL, ...).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use http::{header, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Map, Value};
+
+/// The admin API used when neither `--admin` nor `SLUICE_ADMIN` is given.
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9901";
+/// How long one request may take, connect included.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `sluice ctl`: options (accepted before or after the subcommand) and the subcommand.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// Admin API base URL [default: $SLUICE_ADMIN, else http://127.0.0.1:9901].
+    #[arg(long, global = true, value_name = "URL")]
+    pub admin: Option<String>,
+    /// File holding the admin bearer token (surrounding whitespace is ignored).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the server's JSON answer instead of a table.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// The `ctl` subcommands, one admin API call each.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Show every service (or one): versions, weights, shares and endpoints.
+    Status {
+        /// Only this service.
+        service: Option<String>,
+    },
+    /// Set a service's weights, e.g. `weights app blue=90 canary=10`; versions left out get 0.
+    Weights {
+        /// The service.
+        service: String,
+        /// VERSION=WEIGHT pairs, WEIGHT a non-negative integer.
+        #[arg(required = true, value_name = "VERSION=WEIGHT", value_parser = parse_weight)]
+        weights: Vec<(String, u64)>,
+    },
+    /// Show routing-table revisions, newest first (with SERVICE, only those that changed it).
+    History {
+        /// Only revisions that changed this service.
+        service: Option<String>,
+    },
+    /// Restore the weights SERVICE had at REVISION.
+    Revert {
+        /// The service.
+        service: String,
+        /// A revision from `history`.
+        revision: u64,
+    },
+    /// Re-read the config file now.
+    Reload,
+}
+
+/// Why a `ctl` command failed; each kind has its exit code.
+#[derive(Debug)]
+enum Failure {
+    /// The command line or local files are wrong (exit 2).
+    Usage(String),
+    /// The request failed or the server refused it (exit 1).
+    Request(String),
+}
+
+/// Runs one `ctl` command; prints its result or `error: ...` on stderr.
+pub fn run(args: CtlArgs) -> ExitCode {
+    let (message, code) = match execute(&args) {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => (message, 2),
+        Err(Failure::Request(message)) => (message, 1),
+    };
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn execute(args: &CtlArgs) -> Result<(), Failure> {
+    let base = admin_url(args.admin.clone().or_else(|| std::env::var("SLUICE_ADMIN").ok()))?;
+    let token = match &args.token_file {
+        Some(path) => Some(
+            crate::admin::Admin::read_token(path)
+                .map_err(|e| Failure::Usage(format!("cannot read token file {}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+    let (method, path, body) = plan(&args.command)?;
+    let uri: Uri = format!("{base}{path}")
+        .parse()
+        .map_err(|e| Failure::Usage(format!("invalid admin URL {base}{path}: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Request(format!("cannot start the runtime: {e}")))?;
+    let request = build_request(method, uri, token.as_deref(), body)?;
+    let (status, raw) = runtime.block_on(send(request, &base))?;
+    let answer = answer(status, &raw, &base)?;
+    let output = if args.json {
+        pretty(&raw)
+    } else {
+        render(&args.command, &answer)
+    };
+    std::io::stdout()
+        .write_all(output.as_bytes())
+        .map_err(|e| Failure::Request(format!("cannot write the output: {e}")))
+}
+
+/// The base URL without a trailing slash; a bare `host:port` means `http://host:port`.
+fn admin_url(given: Option<String>) -> Result<String, Failure> {
+    let url = given.unwrap_or_else(|| DEFAULT_ADMIN.to_owned());
+    let url = url.trim().trim_end_matches('/');
+    let url = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    };
+    if !url.starts_with("http://") {
+        return Err(Failure::Usage(format!("admin URL {url} must start with http://")));
+    }
+    Ok(url)
+}
+
+/// Parses `VERSION=WEIGHT`.
+fn parse_weight(arg: &str) -> Result<(String, u64), String> {
+    let (version, weight) = arg
+        .rsplit_once('=')
+        .ok_or_else(|| format!("expected VERSION=WEIGHT such as blue=90, got \"{arg}\""))?;
+    if version.is_empty() {
+        return Err(format!("\"{arg}\" names no version: write e.g. blue=90"));
+    }
+    let weight = weight
+        .parse()
+        .map_err(|_| format!("the weight of \"{version}\" must be a non-negative integer, got \"{weight}\""))?;
+    Ok((version.to_owned(), weight))
+}
+
+/// The method, path and body of the admin API call behind `command`.
+fn plan(command: &CtlCommand) -> Result<(Method, String, Option<Value>), Failure> {
+    Ok(match command {
+        CtlCommand::Status { service: None } => (Method::GET, "/api/v1/services".into(), None),
+        CtlCommand::Status { service: Some(s) } => (Method::GET, format!("/api/v1/services/{}", encode(s)), None),
+        CtlCommand::Weights { service, weights } => {
+            let mut body = Map::new();
+            for (version, weight) in weights {
+                if body.insert(version.clone(), json!(weight)).is_some() {
+                    return Err(Failure::Usage(format!("version \"{version}\" is given twice")));
+                }
+            }
+            let path = format!("/api/v1/services/{}/weights", encode(service));
+            (Method::PUT, path, Some(Value::Object(body)))
+        }
+        CtlCommand::History { service: None } => (Method::GET, "/api/v1/history".into(), None),
+        CtlCommand::History { service: Some(s) } => {
+            (Method::GET, format!("/api/v1/history?service={}", encode(s)), None)
+        }
+        CtlCommand::Revert { service, revision } => {
+            let path = format!("/api/v1/services/{}/revert", encode(service));
+            (Method::POST, path, Some(json!({ "revision": revision })))
+        }
+        CtlCommand::Reload => (Method::POST, "/api/v1/reload".into(), None),
+    })
+}
+
+/// A JSON value whose objects keep the server's key order when printed again.
+#[derive(serde::Deserialize, serde::Serialize)]
+#[serde(untagged)]
+enum Ordered {
+    Object(indexmap::IndexMap<String, Ordered>),
+    Array(Vec<Ordered>),
+    Other(Value),
+}
+
+/// The server's JSON body, pretty-printed, keys in the server's order.
+fn pretty(raw: &[u8]) -> String {
+    let ordered: Result<Ordered, _> = serde_json::from_slice(raw);
+    match ordered.and_then(|o| serde_json::to_string_pretty(&o)) {
+        Ok(text) => text + "\n",
+        Err(_) => String::from_utf8_lossy(raw).into_owned(),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The request: `method` to `uri`, with the bearer `token` and the JSON `body` when given.
+fn build_request(
+    method: Method,
+    uri: Uri,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<Request<Full<Bytes>>, Failure> {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header(header::USER_AGENT, concat!("sluice-ctl/", env!("CARGO_PKG_VERSION")));
+    if let Some(token) = token {
+        let value = HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| Failure::Usage("the token contains characters a header cannot carry".into()))?;
+        request = request.header(header::AUTHORIZATION, value);
+    }
+    let bytes = match body {
+        Some(body) => {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+            Bytes::from(body.to_string())
+        }
+        None => Bytes::new(),
+    };
+    request
+        .body(Full::new(bytes))
+        .map_err(|e| Failure::Usage(format!("cannot build the request: {e}")))
+}
+
+/// Sends `request` and reads the whole answer, within [`REQUEST_TIMEOUT`].
+async fn send(request: Request<Full<Bytes>>, base: &str) -> Result<(StatusCode, Bytes), Failure> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| unreachable_error(base, &e))?;
+        let status = response.status();
+        let body = response.into_body().collect().await;
+        let body =
+            body.map_err(|e| Failure::Request(format!("cannot read the answer of the admin API at {base}: {e}")))?;
+        Ok((status, body.to_bytes()))
+    };
+    let late = |_| {
+        Failure::Request(format!(
+            "the admin API at {base} did not answer within {REQUEST_TIMEOUT:?}"
+        ))
+    };
+    tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.map_err(late)?
+}
+
+/// The JSON answer of a 2xx, or the server's error message.
+fn answer(status: StatusCode, bytes: &[u8], base: &str) -> Result<Value, Failure> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(answer) if status.is_success() => Ok(answer),
+        Ok(answer) if answer["error"].is_string() => Err(Failure::Request(text(&answer["error"]))),
+        _ => Err(Failure::Request(format!(
+            "the admin API at {base} answered {status}: {}",
+            String::from_utf8_lossy(bytes).trim()
+        ))),
+    }
+}
+
+/// A transport failure, with its causes, in one line.
+fn unreachable_error(base: &str, error: &hyper_util::client::legacy::Error) -> Failure {
+    let mut causes = Vec::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        causes.push(cause.to_string());
+        source = cause.source();
+    }
+    if causes.is_empty() {
+        causes.push(error.to_string());
+    }
+    let what = if error.is_connect() {
+        "cannot connect to"
+    } else {
+        "request failed to"
+    };
+    Failure::Request(format!("{what} the admin API at {base}: {}", causes.join(": ")))
+}
+
+/// The human-readable form of `answer` to `command`.
+fn render(command: &CtlCommand, answer: &Value) -> String {
+    match command {
+        CtlCommand::Status { .. } | CtlCommand::Weights { .. } | CtlCommand::Revert { .. } => status_table(answer),
+        CtlCommand::History { service } => history_table(answer, service.as_deref()),
+        CtlCommand::Reload => reload_report(answer),
+    }
+}
+
+/// `revision N` and one row per version of each service in `answer`.
+fn status_table(answer: &Value) -> String {
+    let services = match &answer["services"] {
+        Value::Array(services) => services.iter().collect(),
+        _ => vec![&answer["service"]],
+    };
+    let mut rows = Vec::new();
+    for service in services {
+        for version in service["versions"].as_array().into_iter().flatten() {
+            let share = version["share"].as_f64().unwrap_or(0.0);
+            rows.push(vec![
+                text(&service["name"]),
+                text(&version["name"]),
+                text(&version["weight"]),
+                format!("{share:.1}%"),
+                endpoints(&version["endpoints"]),
+            ]);
+        }
+    }
+    let header = ["SERVICE", "VERSION", "WEIGHT", "SHARE", "ENDPOINTS"];
+    format!("revision {}\n{}", text(&answer["revision"]), table(&header, &rows))
+}
+
+/// `addr, addr (down)`: each endpoint, marked when unhealthy.
+fn endpoints(list: &Value) -> String {
+    let shown: Vec<String> = list
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| match e["healthy"].as_bool() {
+            Some(false) => format!("{} (down)", text(&e["address"])),
+            _ => text(&e["address"]),
+        })
+        .collect();
+    shown.join(", ")
+}
+
+/// One row per history entry; WEIGHTS shows `service`'s weights, or every service's.
+fn history_table(answer: &Value, service: Option<&str>) -> String {
+    let rows: Vec<Vec<String>> = answer["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|entry| {
+            let weights = match service {
+                Some(name) => weights(&entry["weights"][name]),
+                None => entry["weights"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(name, w)| format!("{name}: {}", weights(w)))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            };
+            let fields = ["revision", "time", "cause", "actor"];
+            fields.iter().map(|f| text(&entry[*f])).chain([weights]).collect()
+        })
+        .collect();
+    table(&["REVISION", "TIME", "CAUSE", "ACTOR", "WEIGHTS"], &rows)
+}
+
+/// `blue=90 canary=10`.
+fn weights(map: &Value) -> String {
+    let pairs: Vec<String> = map
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(version, weight)| format!("{version}={}", text(weight)))
+        .collect();
+    pairs.join(" ")
+}
+
+/// The outcome of a reload, its revision, warnings and errors.
+fn reload_report(answer: &Value) -> String {
+    let mut out = format!(
+        "reload: {} (revision {})\n",
+        text(&answer["result"]),
+        text(&answer["revision"])
+    );
+    let notes = [("warning", &answer["warnings"]), ("error", &answer["errors"])];
+    for (kind, list) in notes {
+        for note in list.as_array().into_iter().flatten() {
+            out += &format!("{kind}: {}\n", text(note));
+        }
+    }
+    out
+}
+
+/// A JSON value as plain text: strings without quotes, null as `-`.
+fn text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns two spaces apart; no trailing spaces.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header: Vec<String> = header.iter().map(|h| (*h).to_owned()).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(rows) {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out += cells.join("  ").trim_end();
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_urls_tables() {
+        assert_eq!(parse_weight("blue=90"), Ok(("blue".to_owned(), 90)));
+        assert_eq!(parse_weight("a=b=0"), Ok(("a=b".to_owned(), 0)));
+        for bad in ["blue=x", "blue=-1", "blue", "=5"] {
+            assert!(parse_weight(bad).is_err(), "{bad}");
+        }
+        assert_eq!(admin_url(None).ok().as_deref(), Some(DEFAULT_ADMIN));
+        assert_eq!(
+            admin_url(Some("10.0.0.1:1/".into())).ok().as_deref(),
+            Some("http://10.0.0.1:1")
+        );
+        assert!(admin_url(Some("https://x:1".into())).is_err());
+        let rows = [vec!["a".into(), "long cell".into()], vec!["bbb".into(), "c".into()]];
+        assert_eq!(table(&["X", "Y"], &rows), "X    Y\na    long cell\nbbb  c\n");
+        assert_eq!(encode("a b/ü"), "a%20b%2F%C3%BC");
+    }
+}
