@@ -93,6 +93,20 @@ fn validate_reports_unknown_sections_and_unreadable_files() {
 /// Starts `sluice run -c config`; returns the child, the address it bound (port 0 is asked
 /// for, and the log says which port it got), and a thread collecting the rest of its log.
 fn spawn_sluice(config: &Path) -> (std::process::Child, String, std::thread::JoinHandle<String>) {
+    let (child, addr, _, log) = spawn_sluice_with_admin(config, false);
+    (child, addr, log)
+}
+
+/// Like [`spawn_sluice`]; with `admin`, also waits for and returns the admin address.
+fn spawn_sluice_with_admin(
+    config: &Path,
+    admin: bool,
+) -> (
+    std::process::Child,
+    String,
+    Option<String>,
+    std::thread::JoinHandle<String>,
+) {
     use std::io::Read;
     let mut child = Command::new(BIN)
         .args(["run", "-c"])
@@ -104,22 +118,26 @@ fn spawn_sluice(config: &Path) -> (std::process::Child, String, std::thread::Joi
         .expect("start sluice");
     let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
     let mut line = String::new();
-    let addr = loop {
+    let (mut addr, mut admin_addr) = (None, None);
+    while addr.is_none() || (admin && admin_addr.is_none()) {
         line.clear();
         assert!(
             stderr.read_line(&mut line).expect("read log") > 0,
             "sluice exited before listening"
         );
         if let Some(rest) = line.split("listening name=p addr=").nth(1) {
-            break rest.trim().to_owned();
+            addr = Some(rest.trim().to_owned());
         }
-    };
+        if let Some(rest) = line.split("admin listening addr=").nth(1) {
+            admin_addr = Some(rest.trim().to_owned());
+        }
+    }
     let log_tail = std::thread::spawn(move || {
         let mut rest = String::new();
         let _ = stderr.read_to_string(&mut rest);
         rest
     });
-    (child, addr, log_tail)
+    (child, addr.expect("listener address"), admin_addr, log_tail)
 }
 
 /// A minimal HTTP/1.1 upstream on a std thread: it answers each request only once `release`
@@ -281,4 +299,48 @@ services:
         let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
         let _ = child.wait();
     }
+}
+
+/// GET `path` from `addr` over a fresh connection; returns the body.
+fn http_get(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn sighup_reloads_the_config() {
+    let dir = temp_dir("sighup");
+    let config = dir.join("sluice.yaml");
+    std::fs::write(
+        &config,
+        "listeners: [{ name: p, address: 127.0.0.1:0 }]\nadmin: { address: 127.0.0.1:0 }\n\
+         services:\n  - { name: s, versions: { v: { endpoints: [127.0.0.1:1] } }, routing: { weights: { v: 1 } } }\n",
+    )
+    .expect("write config");
+    let (mut child, _, admin, _) = spawn_sluice_with_admin(&config, true);
+    let admin = admin.expect("admin address");
+    assert!(!http_get(&admin, "/api/v1/config").contains("SIGHUP"), "no reload yet");
+    let status = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    // The file did not change: the reload reads it, finds it unchanged, and says who asked.
+    wait_until("the SIGHUP reload is reported", || {
+        http_get(&admin, "/api/v1/config").contains("\"actor\":\"reload (SIGHUP)\"")
+    });
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "SIGHUP must not stop sluice"
+    );
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().expect("wait").success());
 }

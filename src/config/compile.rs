@@ -123,7 +123,11 @@ fn compile_admin(raw: &RawConfig, listeners: &[ListenerConfig], errors: &mut Err
     let address = units::bind_address(&admin.address)
         .map_err(|e| errors.push("admin.address", e))
         .ok()?;
-    if let Some(i) = listeners.iter().position(|l| l.address == address) {
+    // Port 0 asks the OS for a free port: two such addresses never collide.
+    if let Some(i) = listeners
+        .iter()
+        .position(|l| l.address == address && address.port() != 0)
+    {
         errors.push(
             "admin.address",
             format!("{address} is also listeners[{i}].address: the admin API never shares a data-plane listener"),
@@ -417,6 +421,13 @@ services:
         assert!(errors_of(&guarded).is_empty());
         let local = format!("{BASE}admin: {{ address: 127.0.0.1:9901 }}\n{service}");
         assert!(errors_of(&local).is_empty());
+        // Regression: port 0 on both is two different ephemeral ports, not a clash.
+        let ephemeral = format!("{BASE}admin: {{ address: 127.0.0.1:0 }}\n{service}");
+        assert!(errors_of(&ephemeral).is_empty(), "{:?}", errors_of(&ephemeral));
+        let clash = "listeners: [{ name: p, address: 127.0.0.1:8080 }]\nadmin: { address: 127.0.0.1:8080 }\n";
+        assert!(errors_of(clash)
+            .iter()
+            .any(|e| e.contains("never shares a data-plane listener")));
     }
 
     #[test]
