@@ -23,6 +23,10 @@ use crate::config::{HostPattern, KeySource, Protocol, RuleMatch};
 use crate::control::{Control, ControlError};
 use crate::table::Service;
 
+/// The Prometheus text exposition format.
+const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// The windows the stats endpoint reports.
+const STATS_WINDOWS: [(&str, Duration); 2] = [("10s", Duration::from_secs(10)), ("60s", Duration::from_secs(60))];
 /// Largest admin request body accepted.
 const MAX_BODY: usize = 64 << 10;
 /// Pause after a failed `accept` so the loop does not spin.
@@ -102,6 +106,15 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 async fn handle(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    if request.method() == Method::GET && request.uri().path() == "/metrics" {
+        let routing = admin.control.routing();
+        let text = crate::metrics::prometheus::render(routing.metrics(), &routing.load(), admin.control.reloads());
+        let mut response = Response::new(Full::new(Bytes::from(text)));
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
+        return response;
+    }
     let result = route(admin, request, peer).await;
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
@@ -122,7 +135,7 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
         (&Method::GET, "/healthz") => return Ok(json!({ "status": "ok" })),
         // The config is loaded and the listeners bound before the admin listener starts.
         (&Method::GET, "/readyz") => return Ok(json!({ "status": "ready" })),
-        (_, "/healthz" | "/readyz") => return Err(method_not_allowed("GET")),
+        (_, "/healthz" | "/readyz" | "/metrics") => return Err(method_not_allowed("GET")),
         _ => {}
     }
     let Some(api) = path.strip_prefix("/api/v1/") else {
@@ -137,6 +150,11 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
             let table = control.routing().load();
             let services: Vec<Value> = table.services.iter().map(|s| service_view(control, s)).collect();
             Ok(json!({ "revision": table.revision, "services": services }))
+        }
+        (&Method::GET, ["services", name, "stats"]) => {
+            let table = control.routing().load();
+            let service = table.service(name).ok_or_else(|| unknown_service(name))?;
+            Ok(stats_view(service))
         }
         (&Method::GET, ["services", name]) => {
             let table = control.routing().load();
@@ -172,7 +190,9 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
             Ok(serde_json::to_value(control.reload(&format!("reload (api, {actor})"))?).unwrap_or(Value::Null))
         }
         (&Method::GET, ["config"]) => Ok(control.config_report()),
-        (_, ["services"] | ["services", _] | ["history"] | ["config"]) => Err(method_not_allowed("GET")),
+        (_, ["services"] | ["services", _] | ["services", _, "stats"] | ["history"] | ["config"]) => {
+            Err(method_not_allowed("GET"))
+        }
         (_, ["services", _, "weights"]) => Err(method_not_allowed("PUT")),
         (_, ["services", _, "revert"] | ["reload"]) => Err(method_not_allowed("POST")),
         _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no such path {path}"))),
@@ -252,6 +272,22 @@ fn service_after(control: &Control, name: &str, revision: u64) -> Value {
     let table = control.routing().load();
     let service = table.service(name).map(|s| service_view(control, s));
     json!({ "revision": revision, "service": service })
+}
+
+/// Per version: rps, error rate and latency percentiles over the stats windows.
+fn stats_view(service: &Service) -> Value {
+    let versions: Vec<Value> = service
+        .versions
+        .iter()
+        .map(|version| {
+            let windows: serde_json::Map<String, Value> = STATS_WINDOWS
+                .iter()
+                .map(|(name, span)| ((*name).to_owned(), json!(version.metrics.window(*span))))
+                .collect();
+            json!({ "version": &*version.name, "role": version.metrics.role.as_str(), "windows": windows })
+        })
+        .collect();
+    json!({ "service": &*service.name, "versions": versions })
 }
 
 /// A service as the API shows it.

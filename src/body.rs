@@ -2,13 +2,54 @@
 //! included), or a short synthetic body for the proxy's own answers.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use bytes::Bytes;
+use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::metrics::{ErrorKind, InflightGuard, VersionMetrics};
 use crate::upstream::Lease;
+
+/// Records an upstream answer in its version's metrics once the body is done (or dropped).
+#[derive(Debug)]
+pub struct Completion {
+    metrics: Arc<VersionMetrics>,
+    _inflight: InflightGuard,
+    start: Instant,
+    status: StatusCode,
+    failed: bool,
+}
+
+impl Completion {
+    /// Starts tracking an answer with `status` to a request received at `start`.
+    pub fn new(metrics: Arc<VersionMetrics>, inflight: InflightGuard, start: Instant, status: StatusCode) -> Self {
+        Self {
+            metrics,
+            _inflight: inflight,
+            start,
+            status,
+            failed: false,
+        }
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        let server_error = self.status.is_server_error();
+        self.metrics
+            .record(Some(self.status), self.start.elapsed(), server_error || self.failed);
+        if server_error {
+            self.metrics.upstream_error(ErrorKind::Status);
+        }
+        if self.failed {
+            self.metrics.upstream_error(ErrorKind::Reset);
+        }
+    }
+}
 
 /// A response body.
 #[derive(Debug)]
@@ -19,6 +60,8 @@ pub enum ResponseBody {
         inner: Incoming,
         /// Held until this body is dropped.
         lease: Lease,
+        /// Records the request's metrics when this body ends or is dropped.
+        completion: Option<Completion>,
     },
     /// A complete body (the proxy's own answers); `None` once sent.
     Full(Option<Bytes>),
@@ -42,7 +85,13 @@ impl Body for ResponseBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
-            ResponseBody::Upstream { inner, .. } => Pin::new(inner).poll_frame(cx),
+            ResponseBody::Upstream { inner, completion, .. } => {
+                let polled = Pin::new(inner).poll_frame(cx);
+                if let (Poll::Ready(Some(Err(_))), Some(completion)) = (&polled, completion) {
+                    completion.failed = true;
+                }
+                polled
+            }
             ResponseBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }

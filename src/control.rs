@@ -149,7 +149,7 @@ impl Control {
         let table = RoutingTable::build(
             &inner.config,
             &inner.overrides,
-            self.routing.upstreams(),
+            self.routing.registries(),
             inner.revision,
             cause,
         );
@@ -301,6 +301,15 @@ impl Control {
         }
         entries.reverse();
         entries
+    }
+
+    /// Reload outcomes so far, for `sluice_config_reloads_total`.
+    pub fn reloads(&self) -> crate::metrics::prometheus::Reloads {
+        let inner = self.lock();
+        crate::metrics::prometheus::Reloads {
+            ok: inner.reloads_ok,
+            failed: inner.reloads_failed,
+        }
     }
 
     /// Whether `service` runs on manual weights rather than the file's.

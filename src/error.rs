@@ -87,6 +87,17 @@ impl ProxyError {
         }
     }
 
+    /// The `kind` of `sluice_upstream_errors_total` this error counts as, if any.
+    pub fn upstream_kind(&self) -> Option<crate::metrics::ErrorKind> {
+        use crate::metrics::ErrorKind;
+        match self {
+            ProxyError::Connect { .. } => Some(ErrorKind::Connect),
+            ProxyError::Timeout { .. } => Some(ErrorKind::Timeout),
+            ProxyError::Reset { .. } => Some(ErrorKind::Reset),
+            _ => None,
+        }
+    }
+
     /// The short plain-text body sent with the status.
     pub fn body(&self) -> &'static str {
         match self {

@@ -8,7 +8,8 @@
 //! - [`split`]: which version: [`rules`], then [`sticky`] cookie or key bucket, then weight.
 //! - [`upstream`]: which endpoint (power of two choices), pooled connections, sending.
 //! - [`forward`]: hop-by-hop removal and `X-Forwarded-*`.
-//! - [`body`]: the streamed response body.
+//! - [`body`]: the streamed response body; records the request's metrics when it ends.
+//! - [`metrics`]: per-version counters, lock-free latency histograms, windows, Prometheus.
 //! - [`error`]: every failure, its source, and the status the client gets.
 //!
 //! Around it:
@@ -28,6 +29,7 @@ pub mod ctl;
 pub mod error;
 pub mod forward;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod router;
@@ -50,6 +52,7 @@ pub use table::{Routing, RoutingTable};
 /// completes; then drains in-flight requests for at most the table's `drain` timeout.
 pub async fn run(listeners: Vec<TcpListener>, routing: Arc<Routing>, shutdown: impl Future<Output = ()>) {
     let limits = routing.load().limits;
+    routing.metrics().spawn_ticker();
     let proxy = Arc::new(proxy::Proxy::new(routing));
     listener::serve(listeners, proxy, limits.request_headers, limits.drain, shutdown).await;
 }

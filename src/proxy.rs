@@ -5,6 +5,7 @@
 //! fails); [`Proxy::handle_inner`] is the straight `?` chain of the stages.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
@@ -12,10 +13,11 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use crate::body::ResponseBody;
+use crate::body::{Completion, ResponseBody};
 use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::forward::{self, ClientInfo};
+use crate::metrics::{self, VersionMetrics};
 use crate::router;
 use crate::split;
 use crate::table::{Routing, RoutingTable, Version};
@@ -33,13 +35,30 @@ impl Proxy {
         Self { routing }
     }
 
-    /// Handles one request; errors become the status of [`ProxyError::status`].
+    /// Handles one request; errors become the status of [`ProxyError::status`]. Every request
+    /// that reached a version is recorded in that version's metrics exactly once: here for the
+    /// proxy's own answers, when the response body ends for upstream answers, and as `error` if
+    /// the client goes away first (hyper then drops this future, and with it the [`Outcome`]).
     pub async fn handle(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<ResponseBody> {
         let method = request.method().clone();
-        match self.handle_inner(request, client).await {
+        let mut outcome = Outcome {
+            start: Instant::now(),
+            chosen: None,
+        };
+        match self.handle_inner(request, client, &mut outcome).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%method, %error, source = ?error.source_side(), "request failed");
+                if let Some((metrics, _inflight)) = outcome.chosen.take() {
+                    metrics.record(
+                        Some(error.status()),
+                        outcome.start.elapsed(),
+                        error.status().is_server_error(),
+                    );
+                    if let Some(kind) = error.upstream_kind() {
+                        metrics.upstream_error(kind);
+                    }
+                }
                 let mut response = Response::new(ResponseBody::full(error.body()));
                 *response.status_mut() = error.status();
                 response.headers_mut().insert(
@@ -55,6 +74,7 @@ impl Proxy {
         &self,
         mut request: Request<Incoming>,
         client: &ClientInfo,
+        outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         // The whole request runs on the table it started with, even if a new one is published.
         let table = self.routing.load_full();
@@ -64,6 +84,7 @@ impl Proxy {
         let choice =
             split::choose(service, request.headers()).ok_or_else(|| ProxyError::NoVersion(service.name.clone()))?;
         let version = &service.versions[choice.version];
+        outcome.chosen = Some((Arc::clone(&version.metrics), version.metrics.begin()));
         let limit = table.limits.max_request_body;
         check_content_length(&request, limit)?;
 
@@ -87,6 +108,9 @@ impl Proxy {
             forward::remove_hop_by_hop(response.headers_mut(), true);
             let (parts, _) = response.into_parts();
             drop(lease);
+            if let Some((metrics, _inflight)) = outcome.chosen.take() {
+                metrics.record(Some(parts.status), outcome.start.elapsed(), false);
+            }
             return Ok(Response::from_parts(parts, ResponseBody::empty()));
         }
 
@@ -99,10 +123,34 @@ impl Proxy {
             parts.headers.append(header::SET_COOKIE, cookie.clone());
         }
         parts.version = client_version;
+        let completion = outcome
+            .chosen
+            .take()
+            .map(|(metrics, inflight)| Completion::new(metrics, inflight, outcome.start, parts.status));
         Ok(Response::from_parts(
             parts,
-            ResponseBody::Upstream { inner: body, lease },
+            ResponseBody::Upstream {
+                inner: body,
+                lease,
+                completion,
+            },
         ))
+    }
+}
+
+/// What a request has reached so far, for its metrics.
+struct Outcome {
+    start: Instant,
+    /// The chosen version's metrics and in-flight count, once a version is chosen.
+    chosen: Option<(Arc<VersionMetrics>, metrics::InflightGuard)>,
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        // Still set: the request future was dropped before any response (the client left).
+        if let Some((metrics, _inflight)) = self.chosen.take() {
+            metrics.record(None, self.start.elapsed(), false);
+        }
     }
 }
 

@@ -12,6 +12,7 @@ use arc_swap::{ArcSwap, Guard};
 use http::HeaderValue;
 
 use crate::config::{Config, HostPattern, Limits, Protocol, ServiceSpec};
+use crate::metrics::{Metrics, Role, VersionMetrics};
 use crate::split::Split;
 use crate::upstream::{Endpoint, Upstreams};
 
@@ -88,16 +89,18 @@ pub struct Version {
     pub sticky_valid: bool,
     /// The `Set-Cookie` value pinning a client here, when the service is sticky.
     pub set_cookie: Option<HeaderValue>,
+    /// Counters and latency of requests this version serves.
+    pub metrics: Arc<VersionMetrics>,
 }
 
 impl RoutingTable {
     /// Builds a table from a validated configuration and the weight overrides in force,
-    /// interning endpoints in `upstreams`.
-    pub fn build(config: &Config, overrides: &Overrides, upstreams: &Upstreams, revision: u64, cause: Cause) -> Self {
+    /// interning endpoints and metrics in `registries`.
+    pub fn build(config: &Config, overrides: &Overrides, registries: &Registries, revision: u64, cause: Cause) -> Self {
         let services = config
             .services
             .iter()
-            .map(|spec| Service::build(spec, overrides.get(&spec.name), upstreams))
+            .map(|spec| Service::build(spec, overrides.get(&spec.name), registries))
             .collect();
         Self {
             revision,
@@ -114,7 +117,8 @@ impl RoutingTable {
 }
 
 impl Service {
-    fn build(spec: &ServiceSpec, weights: Option<&BTreeMap<String, u32>>, upstreams: &Upstreams) -> Self {
+    fn build(spec: &ServiceSpec, weights: Option<&BTreeMap<String, u32>>, registries: &Registries) -> Self {
+        let service_name: Arc<str> = Arc::from(spec.name.as_str());
         let weight_of = |v: &crate::config::VersionSpec| match weights {
             Some(weights) => weights.get(&v.name).copied().unwrap_or(0),
             None => v.weight,
@@ -124,21 +128,29 @@ impl Service {
             .versions
             .iter()
             .enumerate()
-            .map(|(i, v)| Version {
-                name: Arc::from(v.name.as_str()),
-                // Validated names are header-safe; the fallback is never used.
-                header: HeaderValue::from_str(&v.name).unwrap_or(HeaderValue::from_static("invalid")),
-                protocol: v.protocol,
-                endpoints: v.endpoints.iter().map(|a| upstreams.endpoint(a, v.protocol)).collect(),
-                sticky_valid: split.weight(i) > 0 || spec.rules.iter().any(|r| r.version == i),
-                set_cookie: spec
-                    .sticky
-                    .as_ref()
-                    .and_then(|s| crate::sticky::set_cookie(&s.cookie, &v.name, s.ttl)),
+            .map(|(i, v)| {
+                let name: Arc<str> = Arc::from(v.name.as_str());
+                Version {
+                    metrics: registries.metrics.version(&service_name, &name, Role::Primary),
+                    name,
+                    // Validated names are header-safe; the fallback is never used.
+                    header: HeaderValue::from_str(&v.name).unwrap_or(HeaderValue::from_static("invalid")),
+                    protocol: v.protocol,
+                    endpoints: v
+                        .endpoints
+                        .iter()
+                        .map(|a| registries.upstreams.endpoint(a, v.protocol))
+                        .collect(),
+                    sticky_valid: split.weight(i) > 0 || spec.rules.iter().any(|r| r.version == i),
+                    set_cookie: spec
+                        .sticky
+                        .as_ref()
+                        .and_then(|s| crate::sticky::set_cookie(&s.cookie, &v.name, s.ttl)),
+                }
             })
             .collect();
         Service {
-            name: Arc::from(spec.name.as_str()),
+            name: service_name,
             hosts: spec.hosts.clone(),
             path_prefix: spec.path_prefix.clone(),
             expose_version: spec.expose_version,
@@ -162,17 +174,26 @@ impl Service {
 #[derive(Debug)]
 pub struct Routing {
     current: ArcSwap<RoutingTable>,
-    upstreams: Upstreams,
+    registries: Registries,
+}
+
+/// What outlives routing-table revisions: endpoints (and their connection pools) and metrics.
+#[derive(Debug, Default)]
+pub struct Registries {
+    /// Endpoints by address and protocol.
+    pub upstreams: Upstreams,
+    /// Metrics by service, version and role.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Routing {
     /// Builds revision 1 from `config`, without overrides.
     pub fn new(config: &Config) -> Self {
-        let upstreams = Upstreams::default();
-        let table = RoutingTable::build(config, &Overrides::new(), &upstreams, 1, Cause::Config);
+        let registries = Registries::default();
+        let table = RoutingTable::build(config, &Overrides::new(), &registries, 1, Cause::Config);
         Self {
             current: ArcSwap::from_pointee(table),
-            upstreams,
+            registries,
         }
     }
 
@@ -191,8 +212,13 @@ impl Routing {
         self.current.store(Arc::new(table));
     }
 
-    /// The endpoint registry shared by every revision.
-    pub fn upstreams(&self) -> &Upstreams {
-        &self.upstreams
+    /// The registries shared by every revision.
+    pub fn registries(&self) -> &Registries {
+        &self.registries
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.registries.metrics
     }
 }

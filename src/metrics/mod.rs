@@ -1,0 +1,202 @@
+//! Per-version metrics: what the request path records, and what Prometheus, the stats API and
+//! (later) rollout guardrails read.
+//!
+//! A [`VersionMetrics`] handle per service × version × role is interned in [`Metrics`] when a
+//! routing table is built, so recording resolves no labels and takes no lock: a few relaxed
+//! atomic adds. A ticker drains the latency histograms every [`window::TICK`] into each
+//! version's [`window::Window`], off the hot path.
+
+pub mod histogram;
+pub mod prometheus;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use http::StatusCode;
+
+use histogram::AtomicHistogram;
+use window::{Window, WindowStats};
+
+/// Whether a request was served by the version (primary) or mirrored to it (shadow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Role {
+    /// The answer went to the client.
+    Primary,
+}
+
+impl Role {
+    /// The `role` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+        }
+    }
+}
+
+/// Kinds of upstream failure, the `kind` label of `sluice_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// Connect refused or timed out.
+    Connect = 0,
+    /// No response headers in time.
+    Timeout = 1,
+    /// Connection reset or closed mid-exchange.
+    Reset = 2,
+    /// The upstream answered 5xx.
+    Status = 3,
+}
+
+/// Label values of [`ErrorKind`], by discriminant.
+pub const ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "status"];
+/// Label values of the `code` label, by index (see [`code_index`]).
+pub const CODES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+const CODE_ERROR: usize = 5;
+
+fn code_index(status: Option<StatusCode>) -> usize {
+    match status {
+        Some(status) => usize::from(status.as_u16() / 100).clamp(1, 5) - 1,
+        None => CODE_ERROR,
+    }
+}
+
+/// The counters and latency histogram of one service × version × role.
+#[derive(Debug)]
+pub struct VersionMetrics {
+    /// `service` label.
+    pub service: Arc<str>,
+    /// `version` label.
+    pub version: Arc<str>,
+    /// `role` label.
+    pub role: Role,
+    codes: [AtomicU64; 6],
+    upstream_errors: [AtomicU64; 4],
+    inflight: AtomicI64,
+    latency: AtomicHistogram,
+    window: Mutex<Window>,
+}
+
+impl VersionMetrics {
+    fn new(service: Arc<str>, version: Arc<str>, role: Role) -> Self {
+        Self {
+            service,
+            version,
+            role,
+            codes: Default::default(),
+            upstream_errors: Default::default(),
+            inflight: AtomicI64::new(0),
+            latency: AtomicHistogram::default(),
+            window: Mutex::default(),
+        }
+    }
+
+    /// Records an answered request: `status` sent (`None`: the client got no response), its
+    /// latency, and whether guardrails count it as an error (5xx, connect, timeout, reset).
+    pub fn record(&self, status: Option<StatusCode>, latency: Duration, guardrail_error: bool) {
+        self.codes[code_index(status)].fetch_add(1, Ordering::Relaxed);
+        self.latency.record(latency, guardrail_error);
+    }
+
+    /// Counts an upstream failure.
+    pub fn upstream_error(&self, kind: ErrorKind) {
+        self.upstream_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InflightGuard {
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(Arc::clone(self))
+    }
+
+    /// Requests answered with status class `code` (an entry of [`CODES`]).
+    pub fn requests(&self, code: &str) -> u64 {
+        CODES
+            .iter()
+            .position(|c| *c == code)
+            .map_or(0, |i| self.codes[i].load(Ordering::Relaxed))
+    }
+
+    /// This version's window over the last `span` (up to 60 s), including the tick in progress.
+    pub fn window(&self, span: Duration) -> WindowStats {
+        let pending = self.latency.peek();
+        self.lock_window().stats(span, &pending)
+    }
+
+    fn lock_window(&self) -> std::sync::MutexGuard<'_, Window> {
+        self.window.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn tick(&self) {
+        let counts = self.latency.drain();
+        self.lock_window().push(counts);
+    }
+}
+
+/// Decrements a version's in-flight gauge when dropped.
+#[derive(Debug)]
+pub struct InflightGuard(Arc<VersionMetrics>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Key = (Arc<str>, Arc<str>, Role);
+
+/// The registry of version metrics shared by every routing-table revision.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    // Locked when a table is built, by the ticker and by scrapes; never on the request path.
+    versions: Mutex<HashMap<Key, Weak<VersionMetrics>>>,
+    ticking: std::sync::atomic::AtomicBool,
+}
+
+impl Metrics {
+    /// The live handle for `service`, `version`, `role`, or a new one.
+    pub fn version(&self, service: &Arc<str>, version: &Arc<str>, role: Role) -> Arc<VersionMetrics> {
+        let mut versions = self.versions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        versions.retain(|_, weak| weak.strong_count() > 0);
+        let key = (Arc::clone(service), Arc::clone(version), role);
+        if let Some(live) = versions.get(&key).and_then(Weak::upgrade) {
+            return live;
+        }
+        let metrics = Arc::new(VersionMetrics::new(Arc::clone(service), Arc::clone(version), role));
+        versions.insert(key, Arc::downgrade(&metrics));
+        metrics
+    }
+
+    /// Every live handle, sorted by labels.
+    pub fn all(&self) -> Vec<Arc<VersionMetrics>> {
+        let versions = self.versions.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut all: Vec<_> = versions.values().filter_map(Weak::upgrade).collect();
+        all.sort_by(|a, b| (&a.service, &a.version, a.role).cmp(&(&b.service, &b.version, b.role)));
+        all
+    }
+
+    /// Drains every histogram into its window: one tick.
+    pub fn tick(&self) {
+        for version in self.all() {
+            version.tick();
+        }
+    }
+
+    /// Ticks every [`window::TICK`] until the registry is dropped.
+    pub fn spawn_ticker(self: &Arc<Self>) {
+        if self.ticking.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(window::TICK);
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                let Some(metrics) = weak.upgrade() else { return };
+                metrics.tick();
+            }
+        });
+    }
+}

@@ -1,0 +1,186 @@
+//! The Prometheus text exposition (format 0.0.4), written by hand from the registry and the
+//! routing table: `metrics-exporter-prometheus` would record every latency a second time into its
+//! own histograms (see docs/BENCHMARKS.md), while the windows guardrails need are already here.
+
+use std::fmt::Write;
+
+use super::{Metrics, CODES, ERROR_KINDS};
+use crate::table::RoutingTable;
+
+/// Upper bounds (seconds) of the `sluice_request_duration_seconds` buckets.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Reload outcomes counted by the control plane.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Reloads {
+    /// Successful reloads.
+    pub ok: u64,
+    /// Rejected (invalid) reloads.
+    pub failed: u64,
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Renders every metric.
+pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> String {
+    let mut out = String::with_capacity(4096);
+    let versions = metrics.all();
+    let labels = |v: &super::VersionMetrics| {
+        format!(
+            "service=\"{}\",version=\"{}\",role=\"{}\"",
+            escape(&v.service),
+            escape(&v.version),
+            v.role.as_str()
+        )
+    };
+
+    header(
+        &mut out,
+        "sluice_requests_total",
+        "counter",
+        "Requests answered, by status class sent to the client (error: no response could be sent).",
+    );
+    for v in &versions {
+        for (i, code) in CODES.iter().enumerate() {
+            let n = v.codes[i].load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(out, "sluice_requests_total{{{},code=\"{code}\"}} {n}", labels(v));
+        }
+    }
+
+    header(
+        &mut out,
+        "sluice_request_duration_seconds",
+        "histogram",
+        "Time from receiving a request to the end of its response.",
+    );
+    for v in &versions {
+        let total = v.lock_window().total(&v.latency.peek());
+        let l = labels(v);
+        for le in LATENCY_BUCKETS {
+            let n = total.count_at_or_below((le * 1e6) as u64);
+            let _ = writeln!(out, "sluice_request_duration_seconds_bucket{{{l},le=\"{le}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "sluice_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} {}",
+            total.requests
+        );
+        let _ = writeln!(
+            out,
+            "sluice_request_duration_seconds_sum{{{l}}} {}",
+            total.sum_micros as f64 / 1e6
+        );
+        let _ = writeln!(out, "sluice_request_duration_seconds_count{{{l}}} {}", total.requests);
+    }
+
+    header(
+        &mut out,
+        "sluice_upstream_errors_total",
+        "counter",
+        "Upstream failures by kind (connect, timeout, reset, status: a 5xx answer).",
+    );
+    for v in &versions {
+        for (i, kind) in ERROR_KINDS.iter().enumerate() {
+            let n = v.upstream_errors[i].load(std::sync::atomic::Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "sluice_upstream_errors_total{{service=\"{}\",version=\"{}\",kind=\"{kind}\"}} {n}",
+                escape(&v.service),
+                escape(&v.version)
+            );
+        }
+    }
+
+    header(
+        &mut out,
+        "sluice_inflight_requests",
+        "gauge",
+        "Requests in flight to a version.",
+    );
+    for v in &versions {
+        let n = v.inflight.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "sluice_inflight_requests{{service=\"{}\",version=\"{}\"}} {n}",
+            escape(&v.service),
+            escape(&v.version)
+        );
+    }
+
+    header(
+        &mut out,
+        "sluice_route_weight",
+        "gauge",
+        "Effective share of new requests, in percent (0-100).",
+    );
+    header_less_table(&mut out, table);
+
+    header(
+        &mut out,
+        "sluice_config_reloads_total",
+        "counter",
+        "Configuration reloads by result.",
+    );
+    let _ = writeln!(out, "sluice_config_reloads_total{{result=\"ok\"}} {}", reloads.ok);
+    let _ = writeln!(
+        out,
+        "sluice_config_reloads_total{{result=\"error\"}} {}",
+        reloads.failed
+    );
+
+    header(
+        &mut out,
+        "sluice_routing_table_revision",
+        "gauge",
+        "Revision of the routing table in force.",
+    );
+    let _ = writeln!(out, "sluice_routing_table_revision {}", table.revision);
+    out
+}
+
+/// Route weights and endpoint health, read from the table in force.
+fn header_less_table(out: &mut String, table: &RoutingTable) {
+    for service in &table.services {
+        let total: u64 = service.weights().map(|(_, w)| w).sum();
+        for (version, weight) in service.weights() {
+            let share = if total == 0 {
+                0.0
+            } else {
+                weight as f64 * 100.0 / total as f64
+            };
+            let _ = writeln!(
+                out,
+                "sluice_route_weight{{service=\"{}\",version=\"{}\"}} {share}",
+                escape(&service.name),
+                escape(version)
+            );
+        }
+    }
+    header(
+        out,
+        "sluice_endpoint_healthy",
+        "gauge",
+        "1 if the endpoint may receive traffic (health checks are not built yet: always 1).",
+    );
+    for service in &table.services {
+        for version in &service.versions {
+            for endpoint in &version.endpoints {
+                let _ = writeln!(
+                    out,
+                    "sluice_endpoint_healthy{{service=\"{}\",version=\"{}\",endpoint=\"{}\"}} 1",
+                    escape(&service.name),
+                    escape(&version.name),
+                    escape(&endpoint.label)
+                );
+            }
+        }
+    }
+}
