@@ -5,6 +5,7 @@ mod admin;
 mod failures;
 mod h2;
 mod headers;
+mod metrics;
 mod pooling;
 mod reload;
 mod routing;
