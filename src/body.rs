@@ -22,6 +22,7 @@ pub struct Completion {
     start: Instant,
     status: StatusCode,
     failed: bool,
+    bytes: u64,
 }
 
 impl Completion {
@@ -33,6 +34,7 @@ impl Completion {
             start,
             status,
             failed: false,
+            bytes: 0,
         }
     }
 }
@@ -40,8 +42,12 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let server_error = self.status.is_server_error();
-        self.metrics
-            .record(Some(self.status), self.start.elapsed(), server_error || self.failed);
+        self.metrics.record(
+            Some(self.status),
+            self.start.elapsed(),
+            server_error || self.failed,
+            self.bytes,
+        );
         if server_error {
             self.metrics.upstream_error(ErrorKind::Status);
         }
@@ -87,8 +93,14 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Upstream { inner, completion, .. } => {
                 let polled = Pin::new(inner).poll_frame(cx);
-                if let (Poll::Ready(Some(Err(_))), Some(completion)) = (&polled, completion) {
-                    completion.failed = true;
+                if let Some(completion) = completion {
+                    match &polled {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            completion.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                        }
+                        Poll::Ready(Some(Err(_))) => completion.failed = true,
+                        _ => {}
+                    }
                 }
                 polled
             }

@@ -401,6 +401,9 @@ fn restart_warnings(old: &Config, new: &Config) -> Vec<String> {
     if old.admin != new.admin {
         warnings.push("admin settings changed: restart sluice to apply them".to_owned());
     }
+    if old.access_log != new.access_log {
+        warnings.push("access_log changed: restart sluice to apply it".to_owned());
+    }
     if old.workers != new.workers {
         warnings.push("workers changed: restart sluice to apply it".to_owned());
     }

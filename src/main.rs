@@ -95,6 +95,13 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let access_log = match &config.access_log {
+        Some(path) => Some(
+            sluice::metrics::access_log::AccessLog::open(path)
+                .with_context(|| format!("cannot open access_log {}", path.display()))?,
+        ),
+        None => None,
+    };
     if config.state_dir.is_none() {
         tracing::warn!("state_dir is not set: weight overrides and history will not survive a restart");
     }
@@ -135,6 +142,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         #[cfg(unix)]
         sluice::reload::on_sighup(Arc::clone(&control)).context("cannot listen for SIGHUP")?;
         let routing = Arc::clone(control.routing());
+        if let Some(log) = access_log {
+            routing.metrics().set_access_log(log);
+        }
         tracing::info!(revision = routing.load().revision, workers, "sluice started");
         sluice::run(listeners, routing, async move {
             shutdown_signal().await;

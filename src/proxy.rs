@@ -50,11 +50,8 @@ impl Proxy {
             Err(error) => {
                 tracing::debug!(%method, %error, source = ?error.source_side(), "request failed");
                 if let Some((metrics, _inflight)) = outcome.chosen.take() {
-                    metrics.record(
-                        Some(error.status()),
-                        outcome.start.elapsed(),
-                        error.status().is_server_error(),
-                    );
+                    let (status, bytes) = (error.status(), error.body().len() as u64);
+                    metrics.record(Some(status), outcome.start.elapsed(), status.is_server_error(), bytes);
                     if let Some(kind) = error.upstream_kind() {
                         metrics.upstream_error(kind);
                     }
@@ -109,7 +106,7 @@ impl Proxy {
             let (parts, _) = response.into_parts();
             drop(lease);
             if let Some((metrics, _inflight)) = outcome.chosen.take() {
-                metrics.record(Some(parts.status), outcome.start.elapsed(), false);
+                metrics.record(Some(parts.status), outcome.start.elapsed(), false, 0);
             }
             return Ok(Response::from_parts(parts, ResponseBody::empty()));
         }
@@ -149,7 +146,7 @@ impl Drop for Outcome {
     fn drop(&mut self) {
         // Still set: the request future was dropped before any response (the client left).
         if let Some((metrics, _inflight)) = self.chosen.take() {
-            metrics.record(None, self.start.elapsed(), false);
+            metrics.record(None, self.start.elapsed(), false, 0);
         }
     }
 }

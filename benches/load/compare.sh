@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Load comparison: sluice vs NGINX as a reverse proxy in front of two nginx upstreams.
+# Load comparison: sluice vs NGINX as a reverse proxy in front of two nginx upstreams,
+# optionally with a second sluice binary (A/B) measured in the same run.
 # Method: shared/BASELINE.md (proxy pinned to core 0 with one worker; wrk and the upstreams
 # pinned to core 1; interleaved rounds; medians; CPU time per request from /proc/PID/stat).
 #
@@ -13,6 +14,11 @@
 #   KEEP_TMP   1 = keep the temp dir (configs, logs, raw wrk output)
 #   CARGO_TARGET_DIR  honoured for the sluice build (binary: $CARGO_TARGET_DIR/release/sluice)
 #   SKIP_BUILD 1 = do not run cargo build (binary must already exist)
+#   SLUICE_BIN      path to the sluice binary to test (default $CARGO_TARGET_DIR/release/sluice);
+#                   when set, nothing is built
+#   SLUICE_B_BIN    path to a second sluice binary (A/B): started with the same config on its own
+#                   port and core, measured in every round after sluice, one more table row
+#   SLUICE_B_LABEL  name of that second binary in the report (default "sluice B")
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -22,6 +28,9 @@ CONNS=${CONNS:-64}
 SCENARIO=${SCENARIO:-weighted}
 OUT=${OUT:-}
 KEEP_TMP=${KEEP_TMP:-0}
+SLUICE_BIN=${SLUICE_BIN:-}
+SLUICE_B_BIN=${SLUICE_B_BIN:-}
+SLUICE_B_LABEL=${SLUICE_B_LABEL:-sluice B}
 PROXY_CORE=0
 LOAD_CORE=1
 
@@ -34,33 +43,70 @@ die() { printf '[compare] ERROR: %s\n' "$*" >&2; exit 1; }
 case "$SCENARIO" in weighted|single) ;; *) die "SCENARIO must be weighted or single" ;; esac
 [[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
 [[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds)"
+[[ -z "$SLUICE_BIN" || -x "$SLUICE_BIN" ]] || die "SLUICE_BIN=$SLUICE_BIN is not an executable file"
+[[ -z "$SLUICE_B_BIN" || -x "$SLUICE_B_BIN" ]] || die "SLUICE_B_BIN=$SLUICE_B_BIN is not an executable file"
+[[ -n "$SLUICE_B_LABEL" ]] || die "SLUICE_B_LABEL must not be empty"
 
 # ---------------------------------------------------------------- cleanup
 TMP=$(mktemp -d /tmp/sluice-compare.XXXXXX)
 STARTED_PIDS=()
 WRK_PID=""
 
+# proc_start PID: start time (field 22 of /proc/PID/stat), to tell a process from a reused PID
+proc_start() {
+    local rest
+    { read -r rest <"/proc/$1/stat"; } 2>/dev/null || return 0
+    rest=${rest##*) }
+    read -r -a rest <<<"$rest"
+    echo "${rest[19]}"
+}
+
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
-    local pid
+    local pid last=${!:-} ppid rest i
+    local -A desc=()
     if [[ -n "${WRK_PID:-}" ]]; then
         kill -TERM "$WRK_PID" 2>/dev/null || true
         wait "$WRK_PID" 2>/dev/null || true
+    fi
+    # a signal can land between 'cmd &' and recording its PID: take the last background job too,
+    # but only while it is still a direct child of this script
+    if [[ -n "$last" && " ${STARTED_PIDS[*]} " != *" $last "* ]]; then
+        if { read -r rest <"/proc/$last/stat"; } 2>/dev/null; then
+            rest=${rest##*) }
+            read -r _ ppid _ <<<"$rest"
+            if [[ "$ppid" == "$$" ]]; then STARTED_PIDS+=("$last"); fi
+        fi
+    fi
+    # remember descendants (nginx workers) with their start times, in case a parent has to be KILLed
+    if declare -F proc_tree >/dev/null; then
+        for pid in "${STARTED_PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || continue
+            for i in $(proc_tree "$pid"); do
+                [[ "$i" == "$pid" ]] || desc[$i]=$(proc_start "$i")
+            done
+        done
     fi
     for pid in "${STARTED_PIDS[@]}"; do
         kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${STARTED_PIDS[@]}"; do
-        local i
         for i in $(seq 1 50); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
         if kill -0 "$pid" 2>/dev/null; then
+            log "pid $pid ignored SIGTERM for 5 s: SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
         fi
         wait "$pid" 2>/dev/null || true
+    done
+    for pid in "${!desc[@]}"; do
+        if [[ -n "${desc[$pid]}" && "$(proc_start "$pid")" == "${desc[$pid]}" ]]; then
+            log "descendant pid $pid still alive: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
     done
     if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
         log "temp dir kept: $TMP"
@@ -95,16 +141,30 @@ NCPU=$(nproc)
 ((NCPU >= 2)) || log "WARNING: only $NCPU CPU(s); pinning to cores 0 and 1 will fail"
 
 # ---------------------------------------------------------------- build
-SLUICE=$TARGET/release/sluice
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-    log "cargo build --release (target dir: $TARGET)"
-    (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet)
+bin_sha() { sha256sum "$1" 2>/dev/null | cut -c1-12; }
+if [[ -n "$SLUICE_BIN" ]]; then
+    SLUICE=$SLUICE_BIN
+    log "SLUICE_BIN set: using $SLUICE, not building"
+else
+    SLUICE=$TARGET/release/sluice
+    if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+        log "cargo build --release (target dir: $TARGET)"
+        (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet)
+    fi
 fi
 [[ -x "$SLUICE" ]] || die "no sluice binary at $SLUICE"
-SLUICE_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [[ -n "$(cd "$REPO" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
-    SLUICE_REV="$SLUICE_REV+dirty"
+if [[ -n "$SLUICE_BIN" ]]; then
+    # an arbitrary binary: the working tree's revision says nothing about it
+    SLUICE_REV="$SLUICE (sha256 $(bin_sha "$SLUICE"))"
+else
+    SLUICE_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    if [[ -n "$(cd "$REPO" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
+        SLUICE_REV="$SLUICE_REV+dirty"
+    fi
+    [[ "${SKIP_BUILD:-0}" == 1 ]] && SLUICE_REV="$SLUICE_REV (SKIP_BUILD: binary sha256 $(bin_sha "$SLUICE"))"
 fi
+SLUICE_B_REV=""
+[[ -n "$SLUICE_B_BIN" ]] && SLUICE_B_REV="$SLUICE_B_BIN (sha256 $(bin_sha "$SLUICE_B_BIN"))"
 
 # ---------------------------------------------------------------- helpers
 USED_PORTS=" "
@@ -264,6 +324,8 @@ start_upstream up2 "$UP2" "up2"
 # ---------------------------------------------------------------- proxies
 free_port; NGINX_PORT=$PORT
 free_port; SLUICE_PORT=$PORT
+SLUICE_B_PORT=""
+if [[ -n "$SLUICE_B_BIN" ]]; then free_port; SLUICE_B_PORT=$PORT; fi
 
 start_nginx_proxy() {
     local dir=$TMP/nginx-proxy servers
@@ -302,8 +364,9 @@ EOF
     log "nginx proxy on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, core $PROXY_CORE)"
 }
 
+# start_sluice NAME BINARY PORT TAG: config $TMP/TAG.yaml, logs $TMP/TAG.log, sets STARTED_PID
 start_sluice() {
-    local cfg=$TMP/sluice.yaml versions routing
+    local name=$1 bin=$2 port=$3 tag=$4 cfg=$TMP/$4.yaml versions routing pid
     if [[ $SCENARIO == weighted ]]; then
         versions="      blue: { endpoints: [127.0.0.1:$UP1] }
       canary: { endpoints: [127.0.0.1:$UP2] }"
@@ -314,22 +377,29 @@ start_sluice() {
     fi
     cat >"$cfg" <<EOF
 workers: 1
-listeners: [{ name: bench, address: 127.0.0.1:$SLUICE_PORT }]
+listeners: [{ name: bench, address: 127.0.0.1:$port }]
 services:
   - name: bench
     versions:
 $versions
 $routing
 EOF
-    taskset -c "$PROXY_CORE" "$SLUICE" run -c "$cfg" >"$TMP/sluice.stdout.log" 2>"$TMP/sluice.log" &
-    SLUICE_PID=$!
-    STARTED_PIDS+=("$SLUICE_PID")
-    wait_ready "sluice" "$SLUICE_PID" "http://127.0.0.1:$SLUICE_PORT/" "$TMP/sluice.log"
-    log "sluice on 127.0.0.1:$SLUICE_PORT (pid $SLUICE_PID, core $PROXY_CORE, rev $SLUICE_REV)"
+    taskset -c "$PROXY_CORE" "$bin" run -c "$cfg" >"$TMP/$tag.stdout.log" 2>"$TMP/$tag.log" &
+    pid=$!
+    STARTED_PIDS+=("$pid")
+    STARTED_PID=$pid
+    wait_ready "$name" "$pid" "http://127.0.0.1:$port/" "$TMP/$tag.log"
+    log "$name on 127.0.0.1:$port (pid $pid, core $PROXY_CORE, $bin)"
 }
 
 start_nginx_proxy
-start_sluice
+start_sluice sluice "$SLUICE" "$SLUICE_PORT" sluice
+SLUICE_PID=$STARTED_PID
+SLUICE_B_PID=""
+if [[ -n "$SLUICE_B_BIN" ]]; then
+    start_sluice "$SLUICE_B_LABEL" "$SLUICE_B_BIN" "$SLUICE_B_PORT" sluice-b
+    SLUICE_B_PID=$STARTED_PID
+fi
 
 # split sanity check: 200 requests on one connection each, count which upstream answered
 split_check() {
@@ -344,6 +414,7 @@ split_check() {
 declare -A SPLIT=()
 split_check nginx "$NGINX_PORT"
 split_check sluice "$SLUICE_PORT"
+[[ -n "$SLUICE_B_BIN" ]] && split_check sluice-b "$SLUICE_B_PORT"
 
 # ---------------------------------------------------------------- load
 declare -A RPS=() CPU=() P99=() ERR=() RSS=()
@@ -405,15 +476,22 @@ if ((WARMUP > 0)); then
     run_wrk direct "http://127.0.0.1:$UP1/" "$WARMUP" ""
     run_wrk nginx "http://127.0.0.1:$NGINX_PORT/" "$WARMUP" "$NGINX_PID"
     run_wrk sluice "http://127.0.0.1:$SLUICE_PORT/" "$WARMUP" "$SLUICE_PID"
+    [[ -n "$SLUICE_B_BIN" ]] && run_wrk sluice-b "http://127.0.0.1:$SLUICE_B_PORT/" "$WARMUP" "$SLUICE_B_PID"
 fi
 
 log "direct reference run: ${DURATION}s"
 run_wrk direct "http://127.0.0.1:$UP1/" "$DURATION" ""
 record direct
 
+PROXIES=(nginx sluice)
+[[ -n "$SLUICE_B_BIN" ]] && PROXIES+=(sluice-b)
 for r in $(seq 1 "$ROUNDS"); do
-    for l in nginx sluice; do
-        if [[ $l == nginx ]]; then port=$NGINX_PORT pid=$NGINX_PID; else port=$SLUICE_PORT pid=$SLUICE_PID; fi
+    for l in "${PROXIES[@]}"; do
+        case $l in
+            nginx) port=$NGINX_PORT pid=$NGINX_PID ;;
+            sluice) port=$SLUICE_PORT pid=$SLUICE_PID ;;
+            sluice-b) port=$SLUICE_B_PORT pid=$SLUICE_B_PID ;;
+        esac
         run_wrk "$l" "http://127.0.0.1:$port/" "$DURATION" "$pid"
         record "$l"
         log "round $r/$ROUNDS $l: $LAST_RPS req/s, $CPU_US CPU us/req, p99 $LAST_P99 ms ($LAST_REQS requests)"
@@ -423,8 +501,11 @@ done
 # shellcheck disable=SC2046
 RSS[nginx]=$(hwm_kb $(proc_tree "$NGINX_PID"))
 RSS[sluice]=$(hwm_kb "$SLUICE_PID")
+[[ -n "$SLUICE_B_BIN" ]] && RSS[sluice-b]=$(hwm_kb "$SLUICE_B_PID")
 
 SLUICE_WARN=$(grep -ciE '\b(WARN|ERROR)\b' "$TMP/sluice.log" || true)
+SLUICE_B_WARN=0
+[[ -n "$SLUICE_B_BIN" ]] && SLUICE_B_WARN=$(grep -ciE '\b(WARN|ERROR)\b' "$TMP/sluice-b.log" || true)
 
 # ---------------------------------------------------------------- report
 fmt_rounds() { # LABEL
@@ -449,19 +530,37 @@ row() { # LABEL NAME
         "$(median ${P99[$l]})" "$rss" "$(fmt_rounds "$l")" "$errs"
 }
 
+# rel_diff A B: relative difference (A - B) / B in percent, signed with + or U+2212
+rel_diff() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        if (a !~ /^[0-9.]+$/ || b !~ /^[0-9.]+$/ || b + 0 == 0) { print "?"; exit }
+        d = (a - b) / b * 100
+        s = sprintf("%.1f", d < 0 ? -d : d)
+        printf "%s%s%%", (d < 0 && s + 0 > 0) ? "\342\210\222" : "+", s }'
+}
+
 TABLE=$(
-    echo "### sluice vs NGINX, scenario: $SCENARIO ($([[ $SCENARIO == weighted ]] && echo '90/10 over two upstreams' || echo 'one upstream'))"
+    echo "### sluice vs NGINX$([[ -n "$SLUICE_B_BIN" ]] && echo " vs $SLUICE_B_LABEL"), scenario: $SCENARIO ($([[ $SCENARIO == weighted ]] && echo '90/10 over two upstreams' || echo 'one upstream'))"
     echo
     echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved round(s), medians; proxy on core $PROXY_CORE, wrk + upstreams on core $LOAD_CORE."
     echo "nginx $NGINX_VERSION, wrk $WRK_VERSION, sluice $SLUICE_REV, $(date -u +%Y-%m-%dT%H:%MZ), CLK_TCK=$CLK_TCK."
+    [[ -n "$SLUICE_B_BIN" ]] && echo "$SLUICE_B_LABEL: $SLUICE_B_REV."
     echo
     echo "| proxy | req/s | CPU µs/request | p99 ms | peak RSS MB | rounds (req/s / CPU µs/req) | errors |"
     echo "| --- | --- | --- | --- | --- | --- | --- |"
     row nginx "NGINX (proxy)"
     row sluice "sluice"
+    [[ -n "$SLUICE_B_BIN" ]] && row sluice-b "$SLUICE_B_LABEL"
     row direct "direct to upstream (reference)"
     echo
-    echo "Split check (200 requests, up1/up2): NGINX ${SPLIT[nginx]}, sluice ${SPLIT[sluice]}. sluice log WARN/ERROR lines: $SLUICE_WARN."
+    if [[ -n "$SLUICE_B_BIN" ]]; then
+        # shellcheck disable=SC2086
+        echo "sluice vs $SLUICE_B_LABEL: CPU µs/request $(rel_diff "$(median ${CPU[sluice]})" "$(median ${CPU[sluice-b]})"), req/s $(rel_diff "$(median ${RPS[sluice]})" "$(median ${RPS[sluice-b]})")"
+        echo
+        echo "Split check (200 requests, up1/up2): NGINX ${SPLIT[nginx]}, sluice ${SPLIT[sluice]}, $SLUICE_B_LABEL ${SPLIT[sluice-b]}. Log WARN/ERROR lines: sluice $SLUICE_WARN, $SLUICE_B_LABEL $SLUICE_B_WARN."
+    else
+        echo "Split check (200 requests, up1/up2): NGINX ${SPLIT[nginx]}, sluice ${SPLIT[sluice]}. sluice log WARN/ERROR lines: $SLUICE_WARN."
+    fi
     echo "NGINX peak RSS is the sum over master and worker."
 )
 
@@ -474,4 +573,8 @@ fi
 if ((SLUICE_WARN > 0)); then
     log "sluice log WARN/ERROR lines (first 10):"
     grep -iE '\b(WARN|ERROR)\b' "$TMP/sluice.log" | head -n 10 >&2 || true
+fi
+if ((SLUICE_B_WARN > 0)); then
+    log "$SLUICE_B_LABEL log WARN/ERROR lines (first 10):"
+    grep -iE '\b(WARN|ERROR)\b' "$TMP/sluice-b.log" | head -n 10 >&2 || true
 fi

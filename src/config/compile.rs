@@ -68,6 +68,7 @@ pub fn compile(raw: RawConfig) -> Result<Config, ConfigErrors> {
             listeners,
             admin,
             state_dir: raw.state_dir.as_ref().map(std::path::PathBuf::from),
+            access_log: raw.access_log.as_ref().map(|a| std::path::PathBuf::from(&a.path)),
             limits,
             services,
             warnings,

@@ -43,6 +43,8 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Where state survives restarts; `None`: in memory only.
     pub state_dir: Option<std::path::PathBuf>,
+    /// Access log file (`-`: standard output); `None`: off.
+    pub access_log: Option<std::path::PathBuf>,
     /// Timeouts and limits.
     pub limits: Limits,
     /// Services in file order.

@@ -21,12 +21,22 @@ pub struct RawConfig {
     pub admin: Option<RawAdmin>,
     /// Where rollout state, weight overrides and history survive restarts.
     pub state_dir: Option<String>,
+    /// JSON-lines access log; omitted: off.
+    pub access_log: Option<RawAccessLog>,
     /// Timeouts and limits shared by every service.
     #[serde(default)]
     pub defaults: RawDefaults,
     /// The services, in file order (file order breaks routing ties).
     #[serde(default)]
     pub services: Vec<RawService>,
+}
+
+/// `access_log`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// File to append to, or `-` for standard output.
+    pub path: String,
 }
 
 /// `listeners[i]`.

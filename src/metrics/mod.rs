@@ -6,17 +6,19 @@
 //! atomic adds. A ticker drains the latency histograms every [`window::TICK`] into each
 //! version's [`window::Window`], off the hot path.
 
+pub mod access_log;
 pub mod histogram;
 pub mod prometheus;
 pub mod window;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use http::StatusCode;
 
+use access_log::AccessLog;
 use histogram::AtomicHistogram;
 use window::{Window, WindowStats};
 
@@ -76,10 +78,11 @@ pub struct VersionMetrics {
     inflight: AtomicI64,
     latency: AtomicHistogram,
     window: Mutex<Window>,
+    access_log: Arc<OnceLock<AccessLog>>,
 }
 
 impl VersionMetrics {
-    fn new(service: Arc<str>, version: Arc<str>, role: Role) -> Self {
+    fn new(service: Arc<str>, version: Arc<str>, role: Role, access_log: Arc<OnceLock<AccessLog>>) -> Self {
         Self {
             service,
             version,
@@ -89,14 +92,27 @@ impl VersionMetrics {
             inflight: AtomicI64::new(0),
             latency: AtomicHistogram::default(),
             window: Mutex::default(),
+            access_log,
         }
     }
 
     /// Records an answered request: `status` sent (`None`: the client got no response), its
-    /// latency, and whether guardrails count it as an error (5xx, connect, timeout, reset).
-    pub fn record(&self, status: Option<StatusCode>, latency: Duration, guardrail_error: bool) {
+    /// latency, whether guardrails count it as an error (5xx, connect, timeout, reset), and the
+    /// response body bytes sent (for the access log).
+    pub fn record(&self, status: Option<StatusCode>, latency: Duration, guardrail_error: bool, bytes: u64) {
         self.codes[code_index(status)].fetch_add(1, Ordering::Relaxed);
         self.latency.record(latency, guardrail_error);
+        if let Some(log) = self.access_log.get() {
+            log.log(access_log::Entry {
+                time: std::time::SystemTime::now(),
+                service: Arc::clone(&self.service),
+                version: Arc::clone(&self.version),
+                role: self.role.as_str(),
+                status: status.map(|s| s.as_u16()),
+                latency,
+                bytes,
+            });
+        }
     }
 
     /// Counts an upstream failure.
@@ -152,6 +168,7 @@ pub struct Metrics {
     // Locked when a table is built, by the ticker and by scrapes; never on the request path.
     versions: Mutex<HashMap<Key, Weak<VersionMetrics>>>,
     ticking: std::sync::atomic::AtomicBool,
+    access_log: Arc<OnceLock<AccessLog>>,
 }
 
 impl Metrics {
@@ -163,9 +180,24 @@ impl Metrics {
         if let Some(live) = versions.get(&key).and_then(Weak::upgrade) {
             return live;
         }
-        let metrics = Arc::new(VersionMetrics::new(Arc::clone(service), Arc::clone(version), role));
+        let metrics = Arc::new(VersionMetrics::new(
+            Arc::clone(service),
+            Arc::clone(version),
+            role,
+            Arc::clone(&self.access_log),
+        ));
         versions.insert(key, Arc::downgrade(&metrics));
         metrics
+    }
+
+    /// Turns the access log on (once; later calls are ignored).
+    pub fn set_access_log(&self, log: AccessLog) {
+        let _ = self.access_log.set(log);
+    }
+
+    /// The access log, if on.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.get()
     }
 
     /// Every live handle, sorted by labels.

@@ -136,6 +136,16 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
         reloads.failed
     );
 
+    if let Some(log) = metrics.access_log() {
+        header(
+            &mut out,
+            "sluice_access_log_dropped_total",
+            "counter",
+            "Access log entries dropped because the writer was behind.",
+        );
+        let _ = writeln!(out, "sluice_access_log_dropped_total {}", log.dropped());
+    }
+
     header(
         &mut out,
         "sluice_routing_table_revision",
