@@ -40,7 +40,15 @@ impl ClientInfo {
 
 /// True when the request asks to switch protocols (`Connection: upgrade` and `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    // `Upgrade: h2c` is a hop-by-hop offer to speak HTTP/2 with *this* hop; passing it on would
+    // let a 101 turn the connection into a raw tunnel past routing (h2c smuggling).
+    let h2c = headers
+        .get_all(header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("h2c"));
+    !h2c && headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {

@@ -15,6 +15,15 @@ use tokio::net::TcpListener;
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
 
+/// Interval of HTTP/2 pings to client connections.
+const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// A client that does not answer a ping within this is closed.
+const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// The HTTP/2 client connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How often a partial HTTP/2 preface is looked at again.
+const PREFACE_RECHECK: Duration = Duration::from_millis(10);
+
 /// Pause after a failed `accept` (out of file descriptors, say) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -33,13 +42,19 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(request_headers);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 has no head timeout once a connection is up: ping idle clients and close the ones
+    // that stop answering, so dead peers do not hold connections forever.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
 
     let accepting = futures_util::future::join_all(
         listeners
             .into_iter()
-            .map(|listener| accept_loop(listener, &proxy, &builder, &graceful)),
+            .map(|listener| accept_loop(listener, &proxy, &builder, &graceful, request_headers)),
     );
     tokio::select! {
         _ = accepting => {}
@@ -61,6 +76,7 @@ async fn accept_loop(
     proxy: &Arc<Proxy>,
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
+    request_headers: Duration,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -81,14 +97,36 @@ async fn accept_loop(
             let client = Arc::clone(&client);
             async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
         });
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher) = (Arc::clone(builder), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            // hyper's protocol sniffing has no timeout of its own: a client that sends nothing
+            // (or half an HTTP/2 preface) would hold the connection forever.
+            match tokio::time::timeout(request_headers, wait_for_protocol(&stream)).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) | Ok(Err(_)) | Err(_) => return,
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "client connection ended with an error");
             }
         });
+    }
+}
+
+/// Waits until the client has sent enough to tell HTTP/1 from the HTTP/2 preface, without
+/// consuming it. `false`: the client closed without sending anything.
+async fn wait_for_protocol(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Part of the preface is buffered and `peek` would return at once: look again shortly
+        // (only a client stalling inside the 24-byte preface ever gets here).
+        tokio::time::sleep(PREFACE_RECHECK).await;
     }
 }

@@ -41,6 +41,7 @@ impl Proxy {
     /// the client goes away first (hyper then drops this future, and with it the [`Outcome`]).
     pub async fn handle(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<ResponseBody> {
         let method = request.method().clone();
+        let http1 = request.version() < http::Version::HTTP_2;
         let mut outcome = Outcome {
             start: Instant::now(),
             chosen: None,
@@ -58,6 +59,12 @@ impl Proxy {
                 }
                 let mut response = Response::new(ResponseBody::full(error.body()));
                 *response.status_mut() = error.status();
+                if http1 && matches!(error, ProxyError::BadRequest(_)) {
+                    // Whatever follows a malformed request on this connection cannot be trusted.
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 response.headers_mut().insert(
                     header::CONTENT_TYPE,
                     HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -185,6 +192,13 @@ fn target_request(request: &mut Request<RequestBody>, endpoint: &Endpoint, host:
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     match endpoint.protocol() {
         Protocol::Http1 => {
+            // An absolute-form or HTTP/2 target names the host (RFC 9112 §3.2.2): route and
+            // forward with that one, whatever a Host header says.
+            if request.uri().authority().is_some() {
+                if let Some(host) = host {
+                    request.headers_mut().insert(header::HOST, host.clone());
+                }
+            }
             if request.uri().scheme().is_some() || request.uri().authority().is_some() {
                 *request.uri_mut() = Uri::from(path);
             }

@@ -85,7 +85,8 @@ pub struct Version {
     pub protocol: Protocol,
     /// Endpoints, shared with other revisions so their pooled connections survive a swap.
     pub endpoints: Vec<Arc<Endpoint>>,
-    /// A sticky cookie naming this version keeps the client here (weight > 0 or a rule's target).
+    /// A sticky cookie naming this version keeps the client here: only while its weight is above
+    /// 0, so a rollback to 0 moves pinned clients off at once (rules are checked before cookies).
     pub sticky_valid: bool,
     /// The `Set-Cookie` value pinning a client here, when the service is sticky.
     pub set_cookie: Option<HeaderValue>,
@@ -141,7 +142,7 @@ impl Service {
                         .iter()
                         .map(|a| registries.upstreams.endpoint(a, v.protocol))
                         .collect(),
-                    sticky_valid: split.weight(i) > 0 || spec.rules.iter().any(|r| r.version == i),
+                    sticky_valid: split.weight(i) > 0,
                     set_cookie: spec
                         .sticky
                         .as_ref()

@@ -44,7 +44,8 @@ async fn sticky_cookie_pins_the_client() {
     let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
     let dir = temp_dir("sticky-cookie");
     let path = dir.join("sluice.yaml");
-    let routing = "      weights: { blue: 50, canary: 50 }\n      sticky: { cookie: sluice-app, ttl: 1h }";
+    let routing = "      weights: { blue: 50, canary: 50 }\n      sticky: { cookie: sluice-app, ttl: 1h }\n      \
+                   rules: [{ match: { header: { name: x-preview, value: canary } }, version: canary }]";
     std::fs::write(&path, blue_canary(blue.addr, canary.addr, routing, "")).expect("write");
     let proxy = controlled(&path, Options::default()).await;
     let client = http1_client();
@@ -80,7 +81,8 @@ async fn sticky_cookie_pins_the_client() {
         assert!(headers.get("set-cookie").is_none(), "a kept assignment sets no cookie");
     }
 
-    // A cookie for a version that lost all weight is not honoured: the client is reassigned.
+    // A cookie for a version that lost all weight is not honoured, even though a rule targets
+    // that version: a rollback to 0 must move pinned clients off at once.
     let (status, _) = proxy
         .api("PUT", "/api/v1/services/app/weights", Some(r#"{"blue": 100}"#))
         .await;
@@ -100,6 +102,13 @@ async fn sticky_cookie_pins_the_client() {
             "{stale}"
         );
     }
+    // The rule itself still reaches the weight-0 version.
+    let request = Request::get(proxy.url("/"))
+        .header("x-preview", "canary")
+        .body(empty())
+        .expect("request");
+    let (_, headers, _) = send(&client, request).await;
+    assert_eq!(headers["x-sluice-version"], "canary");
     proxy.shutdown().await;
 }
 
