@@ -97,6 +97,7 @@ impl From<ControlError> for ApiError {
             ControlError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
             ControlError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
             e @ ControlError::Config(_) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            e @ ControlError::Persist(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
 }
@@ -107,8 +108,13 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 
 async fn handle(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     if request.method() == Method::GET && request.uri().path() == "/metrics" {
-        let routing = admin.control.routing();
-        let text = crate::metrics::prometheus::render(routing.metrics(), &routing.load(), admin.control.reloads());
+        let control = Arc::clone(&admin.control);
+        let text = tokio::task::spawn_blocking(move || {
+            let routing = control.routing();
+            crate::metrics::prometheus::render(routing.metrics(), &routing.load(), control.reloads())
+        })
+        .await
+        .unwrap_or_default();
         let mut response = Response::new(Full::new(Bytes::from(text)));
         response
             .headers_mut()
@@ -143,9 +149,31 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
     };
     authorize(admin, &request)?;
     let actor = format!("admin {}", peer.ip());
-    let control = &admin.control;
+    let query = request.uri().query().map(str::to_owned);
+    let body = match method {
+        Method::PUT | Method::POST => read_body(request).await?,
+        _ => Bytes::new(),
+    };
+    let (control, api) = (Arc::clone(&admin.control), api.to_owned());
+    // Control calls take the control-plane lock, read files and fsync: keep them off the async
+    // threads, which the data plane shares.
+    tokio::task::spawn_blocking(move || api_call(&control, &method, &api, &body, query.as_deref(), actor))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("admin call failed: {e}")))?
+}
+
+/// One `/api/v1/` call, synchronously.
+fn api_call(
+    control: &Control,
+    method: &Method,
+    api: &str,
+    body: &Bytes,
+    query: Option<&str>,
+    actor: String,
+) -> Result<Value, ApiError> {
+    let path = format!("/api/v1/{api}");
     let segments: Vec<&str> = api.trim_end_matches('/').split('/').collect();
-    match (&method, segments.as_slice()) {
+    match (method, segments.as_slice()) {
         (&Method::GET, ["services"]) => {
             let table = control.routing().load();
             let services: Vec<Value> = table.services.iter().map(|s| service_view(control, s)).collect();
@@ -162,13 +190,12 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
             Ok(json!({ "revision": table.revision, "service": service_view(control, service) }))
         }
         (&Method::PUT, ["services", name, "weights"]) => {
-            let weights = weights_body(&read_json(request).await?)?;
+            let weights = weights_body(&parse_json(body)?)?;
             let revision = control.set_weights(name, &weights, actor)?;
             Ok(service_after(control, name, revision))
         }
         (&Method::POST, ["services", name, "revert"]) => {
-            let body = read_json(request).await?;
-            let target = body
+            let target = parse_json(body)?
                 .get("revision")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| bad_request("body must be {\"revision\": N} with N a revision number"))?;
@@ -176,7 +203,7 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
             Ok(service_after(control, name, revision))
         }
         (&Method::GET, ["history"]) => {
-            let service = query_param(request.uri().query(), "service");
+            let service = query_param(query, "service");
             if let Some(name) = &service {
                 control
                     .routing()
@@ -235,13 +262,16 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn read_json(request: Request<Incoming>) -> Result<Value, ApiError> {
-    let bytes = Limited::new(request.into_body(), MAX_BODY)
+async fn read_body(request: Request<Incoming>) -> Result<Bytes, ApiError> {
+    Ok(Limited::new(request.into_body(), MAX_BODY)
         .collect()
         .await
         .map_err(|e| bad_request(format!("cannot read the body (at most {MAX_BODY} bytes): {e}")))?
-        .to_bytes();
-    serde_json::from_slice(&bytes).map_err(|e| bad_request(format!("body is not valid JSON: {e}")))
+        .to_bytes())
+}
+
+fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("body is not valid JSON: {e}")))
 }
 
 fn weights_body(body: &Value) -> Result<BTreeMap<String, u64>, ApiError> {

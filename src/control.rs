@@ -17,8 +17,7 @@ use crate::config::{self, Config, ConfigErrors};
 use crate::state::{SavedState, StateStore};
 use crate::table::{Cause, Overrides, Routing, RoutingTable};
 
-/// History entries kept in memory (and so reachable by `revert`); the file keeps them all.
-const MAX_HISTORY: usize = 1000;
+use crate::state::HISTORY_KEPT;
 
 /// One routing-table revision, as the history records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +32,9 @@ pub struct HistoryEntry {
     pub actor: String,
     /// Every service's weights in this revision, versions in file order.
     pub weights: BTreeMap<String, IndexMap<String, u64>>,
+    /// The services this revision changed: weights, versions, endpoints, rules or matching.
+    #[serde(default)]
+    pub changed: Vec<String>,
 }
 
 /// A control-plane request that cannot be carried out.
@@ -47,6 +49,9 @@ pub enum ControlError {
     /// The new config file is invalid; the running table stays.
     #[error("invalid configuration, running table kept:\n{0}")]
     Config(ConfigErrors),
+    /// The change could not be written to `state_dir`; nothing was published.
+    #[error("cannot persist the change in state_dir, nothing changed: {0}")]
+    Persist(std::io::Error),
 }
 
 /// The outcome of the last reload attempt, for the admin API.
@@ -113,7 +118,7 @@ impl Control {
             tracing::warn!("{warning}");
         }
         let routing = Arc::new(Routing::new(&config));
-        let skip = history.len().saturating_sub(MAX_HISTORY);
+        let skip = history.len().saturating_sub(HISTORY_KEPT);
         let inner = Inner {
             config,
             config_text,
@@ -130,7 +135,13 @@ impl Control {
             store,
             config_path,
         };
-        control.publish(&mut control.lock(), Cause::Config, "startup".to_owned());
+        let all = control.lock().config.services.iter().map(|s| s.name.clone()).collect();
+        control
+            .commit(&mut control.lock(), Cause::Config, "startup".to_owned(), all)
+            .map_err(|e| match e {
+                ControlError::Persist(error) => error,
+                other => std::io::Error::other(other.to_string()),
+            })?;
         Ok(control)
     }
 
@@ -143,17 +154,26 @@ impl Control {
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Builds, publishes, records and persists a new revision. Returns its number.
-    fn publish(&self, inner: &mut Inner, cause: Cause, actor: String) -> u64 {
-        inner.revision += 1;
+    /// Builds the next revision from `inner`, persists it, then publishes it and records it in
+    /// the history. `spec_changed` names services whose configuration changed; services whose
+    /// weights changed are added. If persisting fails nothing is published and the caller
+    /// must undo its change to `inner`.
+    fn commit(
+        &self,
+        inner: &mut Inner,
+        cause: Cause,
+        actor: String,
+        spec_changed: Vec<String>,
+    ) -> Result<u64, ControlError> {
+        let revision = inner.revision + 1;
         let table = RoutingTable::build(
             &inner.config,
             &inner.overrides,
             self.routing.registries(),
-            inner.revision,
+            revision,
             cause,
         );
-        let weights = table
+        let weights: BTreeMap<String, IndexMap<String, u64>> = table
             .services
             .iter()
             .map(|s| {
@@ -163,29 +183,64 @@ impl Control {
                 )
             })
             .collect();
-        self.routing.publish(table);
+        let previous = inner.history.back().map(|e| &e.weights);
+        let mut changed = spec_changed;
+        for (service, w) in &weights {
+            if previous.and_then(|p| p.get(service)) != Some(w) && !changed.contains(service) {
+                changed.push(service.clone());
+            }
+        }
+        changed.sort();
         let entry = HistoryEntry {
-            revision: inner.revision,
+            revision,
             time: now(),
             cause,
             actor,
             weights,
+            changed,
         };
-        tracing::info!(revision = entry.revision, cause = cause.as_str(), actor = %entry.actor, "routing table published");
         if let Some(store) = &self.store {
+            // State first: a crash between the two leaves a revision counter that is ahead of
+            // the history, never one that would hand out a revision number twice.
             let saved = SavedState {
-                revision: inner.revision,
+                revision,
                 overrides: inner.overrides.clone(),
             };
-            if let Err(error) = store.append(&entry).and_then(|()| store.save(&saved)) {
-                tracing::error!(%error, "cannot persist routing state");
-            }
+            store
+                .save(&saved)
+                .and_then(|()| store.append(&entry))
+                .map_err(|error| {
+                    tracing::error!(%error, "cannot persist routing state; nothing published");
+                    ControlError::Persist(error)
+                })?;
         }
+        self.routing.publish(table);
+        tracing::info!(revision, cause = cause.as_str(), actor = %entry.actor, "routing table published");
+        inner.revision = revision;
         inner.history.push_back(entry);
-        if inner.history.len() > MAX_HISTORY {
+        if inner.history.len() > HISTORY_KEPT {
             inner.history.pop_front();
         }
-        inner.revision
+        Ok(revision)
+    }
+
+    /// Sets `service`'s override to `weights` and commits, or leaves everything as it was.
+    fn commit_override(
+        &self,
+        inner: &mut Inner,
+        service: &str,
+        weights: BTreeMap<String, u32>,
+        actor: String,
+    ) -> Result<u64, ControlError> {
+        let previous = inner.overrides.insert(service.to_owned(), weights);
+        let committed = self.commit(inner, Cause::Admin, actor, vec![service.to_owned()]);
+        if committed.is_err() {
+            match previous {
+                Some(previous) => inner.overrides.insert(service.to_owned(), previous),
+                None => inner.overrides.remove(service),
+            };
+        }
+        committed
     }
 
     /// Sets a service's weights (an override that outlives reloads and restarts). Versions
@@ -199,8 +254,7 @@ impl Control {
         let mut inner = self.lock();
         let versions = version_names(&inner.config, service)?;
         let weights = check_weights(service, &versions, weights)?;
-        inner.overrides.insert(service.to_owned(), weights);
-        Ok(self.publish(&mut inner, Cause::Admin, actor))
+        self.commit_override(&mut inner, service, weights, actor)
     }
 
     /// Restores the weights `service` had at `revision`.
@@ -222,8 +276,7 @@ impl Control {
             .collect();
         let weights = check_weights(service, &versions, &known)
             .map_err(|e| ControlError::Invalid(format!("cannot revert to revision {revision}: {e}")))?;
-        inner.overrides.insert(service.to_owned(), weights);
-        Ok(self.publish(&mut inner, Cause::Admin, format!("{actor} (revert to {revision})")))
+        self.commit_override(&mut inner, service, weights, format!("{actor} (revert to {revision})"))
     }
 
     /// Re-reads the config file. An invalid file keeps the running table; an unchanged one
@@ -234,8 +287,9 @@ impl Control {
                 "no config file to reload: sluice was started without one".into(),
             ));
         };
-        let text = std::fs::read_to_string(path);
+        // Read under the lock: of two overlapping reloads, the later one reads the newer file.
         let mut inner = self.lock();
+        let text = std::fs::read_to_string(path);
         let parsed = text
             .map_err(|e| {
                 ConfigErrors(vec![config::ConfigError {
@@ -269,38 +323,36 @@ impl Control {
         }
         let mut warnings = restart_warnings(&inner.config, &config);
         warnings.extend(config.warnings.iter().cloned());
+        let old_overrides = inner.overrides.clone();
         warnings.extend(reconcile_overrides(&mut inner.overrides, &config));
+        let spec_changed = changed_services(&inner.config, &config);
+        let old_config = std::mem::replace(&mut inner.config, config);
+        let old_text = inner.config_text.replace(text);
+        let revision = match self.commit(&mut inner, Cause::Config, actor.to_owned(), spec_changed) {
+            Ok(revision) => revision,
+            Err(error) => {
+                inner.config = old_config;
+                inner.config_text = old_text;
+                inner.overrides = old_overrides;
+                inner.reloads_failed += 1;
+                inner.last_reload = Some(status("error", vec![error.to_string()], Vec::new(), inner.revision));
+                return Err(error);
+            }
+        };
         for warning in &warnings {
             tracing::warn!("{warning}");
         }
-        inner.config = config;
-        inner.config_text = Some(text);
         inner.reloads_ok += 1;
-        let revision = self.publish(&mut inner, Cause::Config, actor.to_owned());
         let ok = status("ok", Vec::new(), warnings, revision);
         inner.last_reload = Some(ok.clone());
         Ok(ok)
     }
 
-    /// History, newest first; with `service`, only the entries that changed its weights.
+    /// History, newest first; with `service`, only the entries that changed that service.
     pub fn history(&self, service: Option<&str>) -> Vec<HistoryEntry> {
         let inner = self.lock();
-        let mut entries: Vec<HistoryEntry> = Vec::new();
-        let mut previous: Option<&HistoryEntry> = None;
-        for entry in &inner.history {
-            let changed = match service {
-                None => true,
-                Some(s) => {
-                    entry.weights.contains_key(s) && previous.and_then(|p| p.weights.get(s)) != entry.weights.get(s)
-                }
-            };
-            if changed {
-                entries.push(entry.clone());
-            }
-            previous = Some(entry);
-        }
-        entries.reverse();
-        entries
+        let wanted = |e: &&HistoryEntry| service.is_none_or(|s| e.changed.iter().any(|c| c == s));
+        inner.history.iter().rev().filter(wanted).cloned().collect()
     }
 
     /// Reload outcomes so far, for `sluice_config_reloads_total`.
@@ -392,6 +444,23 @@ fn reconcile_overrides(overrides: &mut Overrides, config: &Config) -> Vec<String
     warnings
 }
 
+/// Services added, removed or changed in any way between two configs.
+fn changed_services(old: &Config, new: &Config) -> Vec<String> {
+    let mut changed: Vec<String> = new
+        .services
+        .iter()
+        .filter(|s| old.services.iter().find(|o| o.name == s.name) != Some(*s))
+        .map(|s| s.name.clone())
+        .collect();
+    changed.extend(
+        old.services
+            .iter()
+            .filter(|o| !new.services.iter().any(|s| s.name == o.name))
+            .map(|o| o.name.clone()),
+    );
+    changed
+}
+
 /// Changes a reload cannot apply to running sockets and threads.
 fn restart_warnings(old: &Config, new: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
@@ -403,6 +472,9 @@ fn restart_warnings(old: &Config, new: &Config) -> Vec<String> {
     }
     if old.access_log != new.access_log {
         warnings.push("access_log changed: restart sluice to apply it".to_owned());
+    }
+    if old.limits.drain != new.limits.drain {
+        warnings.push("defaults.timeouts.drain changed: restart sluice to apply it".to_owned());
     }
     if old.workers != new.workers {
         warnings.push("workers changed: restart sluice to apply it".to_owned());

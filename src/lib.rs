@@ -53,6 +53,7 @@ pub use table::{Routing, RoutingTable};
 pub async fn run(listeners: Vec<TcpListener>, routing: Arc<Routing>, shutdown: impl Future<Output = ()>) {
     let limits = routing.load().limits;
     routing.metrics().spawn_ticker();
+    upstream::Upstreams::spawn_sweeper(&routing);
     let proxy = Arc::new(proxy::Proxy::new(routing));
     listener::serve(listeners, proxy, limits.request_headers, limits.drain, shutdown).await;
 }

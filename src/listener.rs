@@ -51,15 +51,18 @@ pub async fn serve(
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
     let builder = Arc::new(builder);
 
+    // Connections that have not sent a request yet are closed at once on shutdown.
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     let accepting = futures_util::future::join_all(
         listeners
             .into_iter()
-            .map(|listener| accept_loop(listener, &proxy, &builder, &graceful, request_headers)),
+            .map(|listener| accept_loop(listener, &proxy, &builder, &graceful, request_headers, &stop)),
     );
     tokio::select! {
         _ = accepting => {}
         () = shutdown => {}
     }
+    let _ = stopping.send(true);
     // The accept loops are dropped here: their sockets close and new connections are refused.
     tracing::info!(
         open_connections = graceful.count(),
@@ -77,6 +80,7 @@ async fn accept_loop(
     builder: &Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
     request_headers: Duration,
+    stop: &tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -97,13 +101,17 @@ async fn accept_loop(
             let client = Arc::clone(&client);
             async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
         });
-        let (builder, watcher) = (Arc::clone(builder), graceful.watcher());
+        let (builder, watcher, mut stop) = (Arc::clone(builder), graceful.watcher(), stop.clone());
         tokio::spawn(async move {
             // hyper's protocol sniffing has no timeout of its own: a client that sends nothing
             // (or half an HTTP/2 preface) would hold the connection forever.
-            match tokio::time::timeout(request_headers, wait_for_protocol(&stream)).await {
-                Ok(Ok(true)) => {}
-                Ok(Ok(false)) | Ok(Err(_)) | Err(_) => return,
+            tokio::select! {
+                sniffed = tokio::time::timeout(request_headers, wait_for_protocol(&stream)) => {
+                    if !matches!(sniffed, Ok(Ok(true))) {
+                        return;
+                    }
+                }
+                _ = stop.wait_for(|stopping| *stopping) => return,
             }
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {

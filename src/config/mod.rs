@@ -102,7 +102,7 @@ impl Default for Limits {
 }
 
 /// A validated service.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
     /// Unique name.
     pub name: String,
@@ -187,7 +187,7 @@ pub enum Protocol {
 }
 
 /// A validated version.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionSpec {
     /// Name, usable as a header value.
     pub name: String,

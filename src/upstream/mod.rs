@@ -97,6 +97,38 @@ impl Upstreams {
     }
 }
 
+impl Upstreams {
+    /// Closes pooled connections idle for longer than `idle` on every live endpoint; returns
+    /// how many were closed.
+    pub fn sweep(&self, idle: std::time::Duration) -> usize {
+        let endpoints: Vec<Arc<Endpoint>> = {
+            let endpoints = self.endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            endpoints.values().filter_map(Weak::upgrade).collect()
+        };
+        endpoints.iter().map(|e| e.pool.sweep(idle)).sum()
+    }
+
+    /// Sweeps every `idle / 4` (between 50 ms and 5 s), reading `idle` from the table in force,
+    /// until `routing` is dropped.
+    pub fn spawn_sweeper(routing: &Arc<crate::table::Routing>) {
+        let weak = Arc::downgrade(routing);
+        tokio::spawn(async move {
+            loop {
+                let Some(idle) = weak.upgrade().map(|r| r.load().limits.idle) else {
+                    return;
+                };
+                let every = (idle / 4).clamp(std::time::Duration::from_millis(50), std::time::Duration::from_secs(5));
+                tokio::time::sleep(every).await;
+                let Some(routing) = weak.upgrade() else { return };
+                let closed = routing.registries().upstreams.sweep(idle);
+                if closed > 0 {
+                    tracing::debug!(closed, "closed idle upstream connections");
+                }
+            }
+        });
+    }
+}
+
 /// Power of two choices: of two distinct random endpoints, the one with fewer requests in
 /// flight. `exclude` (an endpoint that just failed to connect) is never chosen.
 pub fn pick<'a>(endpoints: &'a [Arc<Endpoint>], exclude: Option<&Arc<Endpoint>>) -> Option<&'a Arc<Endpoint>> {

@@ -128,6 +128,24 @@ impl Pool {
         }
     }
 
+    /// Closes idle connections older than `idle` (and dead ones), keeping the rest in order.
+    /// Requests may pop and push concurrently; the queue is lock-free.
+    pub(super) fn sweep(&self, idle: std::time::Duration) -> usize {
+        let Some(queue) = self.idle.as_ref() else { return 0 };
+        let mut closed = 0;
+        for _ in 0..queue.len() {
+            let Some(entry) = queue.pop() else { break };
+            if entry.since.elapsed() < idle && !entry.sender.is_closed() {
+                if queue.push(entry).is_err() {
+                    closed += 1;
+                }
+            } else {
+                closed += 1;
+            }
+        }
+        closed
+    }
+
     /// A pooled HTTP/1.1 connection that is ready and not idle for too long.
     fn take_idle(&self, limits: &Limits) -> Option<http1::SendRequest<RequestBody>> {
         let idle = self.idle.as_ref()?;
@@ -297,11 +315,15 @@ impl Endpoint {
                 return Ok(sender.clone());
             }
         }
-        let stream = self.tcp_connect(limits).await?;
-        let handshake = http2::handshake(TokioExecutor::new(), TokioIo::new(stream));
-        let (sender, connection) = tokio::time::timeout(limits.connect, handshake)
+        // One deadline for the TCP connect and the handshake together, as `connect` promises.
+        let connect = async {
+            let stream = self.tcp_connect(limits).await?;
+            let handshake = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+            Ok::<_, BoxError>(handshake)
+        };
+        let (sender, connection) = tokio::time::timeout(limits.connect, connect)
             .await
-            .map_err(|_| format!("HTTP/2 handshake timed out after {:?}", limits.connect))??;
+            .map_err(|_| format!("HTTP/2 connect timed out after {:?}", limits.connect))??;
         let label = Arc::clone(&self.label);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

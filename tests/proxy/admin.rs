@@ -331,3 +331,103 @@ async fn reload_that_removes_an_overridden_version_drops_the_override() {
     all_served_by(&proxy, "blue").await;
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_filter_keeps_the_entries_that_changed_a_service() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("admin-history-filter");
+    let path = dir.join("sluice.yaml");
+    let other = format!(
+        "  - name: other\n    match: {{ path_prefix: /other }}\n    versions: {{ v: {{ endpoints: [{}] }}, w: {{ endpoints: [{}] }} }}\n    routing: {{ weights: {{ v: 1 }} }}\n",
+        blue.addr, canary.addr
+    );
+    std::fs::write(
+        &path,
+        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", "") + &other,
+    )
+    .expect("write");
+    let proxy = controlled(&path, Options::default()).await;
+    let (_, app_change) = proxy
+        .api("PUT", "/api/v1/services/app/weights", Some(r#"{"canary": 1}"#))
+        .await;
+    let (_, other_change) = proxy
+        .api("PUT", "/api/v1/services/other/weights", Some(r#"{"w": 1}"#))
+        .await;
+    // A reload that changes only `other`'s endpoints (not its weights) changes `other` too.
+    let text = std::fs::read_to_string(&path).expect("read");
+    let changed = text.replace(
+        &format!("w: {{ endpoints: [{}] }}", canary.addr),
+        &format!("w: {{ endpoints: [{}, {}] }}", canary.addr, blue.addr),
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&path, changed).expect("write");
+    let (status, reload) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{reload}");
+    let revisions = |history: &Value| -> Vec<u64> {
+        history["entries"]
+            .as_array()
+            .expect("entries")
+            .iter()
+            .filter_map(|e| e["revision"].as_u64())
+            .collect()
+    };
+    let (_, app) = proxy.api("GET", "/api/v1/history?service=app", None).await;
+    let (_, other) = proxy.api("GET", "/api/v1/history?service=other", None).await;
+    let rev = |v: &Value| v["revision"].as_u64().expect("revision");
+    let (app_rev, other_rev, reload_rev) = (rev(&app_change), rev(&other_change), rev(&reload));
+    assert_eq!(
+        revisions(&app),
+        vec![app_rev, app_rev - 1],
+        "app: its change and the startup table"
+    );
+    assert_eq!(
+        revisions(&other),
+        vec![reload_rev, other_rev, app_rev - 1],
+        "other: the reload, its change, startup"
+    );
+    let (status, _) = proxy.api("GET", "/api/v1/history?service=nope", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_cannot_be_persisted_is_refused_and_publishes_nothing() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("admin-persist-fail");
+    let path = dir.join("sluice.yaml");
+    let state = dir.join("state");
+    let extra = format!("state_dir: {}", state.display());
+    std::fs::write(
+        &path,
+        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", &extra),
+    )
+    .expect("write");
+    let proxy = controlled(&path, Options::default()).await;
+    let (_, before) = proxy.api("GET", "/api/v1/services/app", None).await;
+    // A directory where the temporary state file must go makes every save fail.
+    std::fs::create_dir(state.join("state.json.tmp")).expect("block the state file");
+    let (status, body) = proxy
+        .api("PUT", "/api/v1/services/app/weights", Some(r#"{"canary": 100}"#))
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert!(
+        body["error"].as_str().expect("error").contains("cannot persist"),
+        "{body}"
+    );
+    let (_, after) = proxy.api("GET", "/api/v1/services/app", None).await;
+    assert_eq!(before, after, "nothing was published");
+    all_served_by(&proxy, "blue").await;
+    // Once the state dir is writable again, the same change goes through.
+    std::fs::remove_dir(state.join("state.json.tmp")).expect("unblock");
+    let (status, body) = proxy
+        .api("PUT", "/api/v1/services/app/weights", Some(r#"{"canary": 100}"#))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body["revision"].as_u64(),
+        Some(before["revision"].as_u64().expect("revision") + 1),
+        "no revision was used up"
+    );
+    all_served_by(&proxy, "canary").await;
+    proxy.shutdown().await;
+}

@@ -129,3 +129,45 @@ async fn malformed_request_is_400() {
     assert_eq!(up.hits(), 0);
     proxy.shutdown().await;
 }
+
+/// An upstream that reads a request head, counts it, and closes without answering.
+async fn hanging_up_upstream(received: Arc<std::sync::atomic::AtomicUsize>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let received = Arc::clone(&received);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                received.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_after_sending_is_502_and_never_retried() {
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let first = hanging_up_upstream(Arc::clone(&received)).await;
+    let second = hanging_up_upstream(Arc::clone(&received)).await;
+    let proxy = proxy(&service("flaky", "{}", &[("v", &[first, second], 1)])).await;
+    let client = http1_client();
+    for i in 0..5 {
+        let request = Request::post(proxy.url("/pay"))
+            .body(full(format!("charge {i}")))
+            .expect("request");
+        let (status, _, _) = send(&client, request).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY);
+    }
+    // Each request was sent once: the request may have had effects, so it is not replayed.
+    assert_eq!(received.load(std::sync::atomic::Ordering::SeqCst), 5);
+    proxy.shutdown().await;
+}

@@ -82,3 +82,31 @@ async fn http2_upstream_multiplexes_one_connection() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upstream_connections_are_closed_after_idle() {
+    let up = Upstream::named("pooled").await;
+    let proxy = proxy_with(
+        &service("p", "{}", &[("v", &[up.addr], 1)]),
+        "defaults: { timeouts: { idle: 300ms } }",
+    )
+    .await;
+    let client = http1_client();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let (client, url) = (client.clone(), proxy.url("/"));
+            tokio::spawn(async move { get(&client, &url, None).await.0 })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("task"), StatusCode::OK);
+    }
+    assert!(up.open_connections() >= 1, "the pool keeps connections open");
+    // Regression: stale connections were only dropped when popped, so with no traffic they
+    // stayed open forever.
+    wait_until("the sweeper closes idle upstream connections", || {
+        up.open_connections() == 0
+    })
+    .await;
+    proxy.shutdown().await;
+}

@@ -91,7 +91,10 @@ async fn fifty_one_rewrites_in_three_save_styles_fail_no_request() {
         )
         .await;
         let stop = Arc::new(AtomicBool::new(false));
-        let (sent, failed, task) = request_loop(proxy.url("/"), Arc::clone(&stop));
+        // Four clients at once, each on its own keep-alive connection.
+        let loops: Vec<_> = (0..4)
+            .map(|_| request_loop(proxy.url("/"), Arc::clone(&stop)))
+            .collect();
         let client = http1_client();
         for generation in 1..=17 {
             let target = if generation % 2 == 1 { "canary" } else { "blue" };
@@ -107,16 +110,18 @@ async fn fifty_one_rewrites_in_three_save_styles_fail_no_request() {
             changes += 1;
         }
         stop.store(true, Ordering::SeqCst);
-        within("request loop", task).await.expect("loop");
-        assert_eq!(
-            failed.load(Ordering::SeqCst),
-            0,
-            "{style:?}: requests failed during reloads"
-        );
-        assert!(
-            sent.load(Ordering::SeqCst) >= 17,
-            "{style:?}: the loop must have run throughout"
-        );
+        for (sent, failed, task) in loops {
+            within("request loop", task).await.expect("loop");
+            assert_eq!(
+                failed.load(Ordering::SeqCst),
+                0,
+                "{style:?}: requests failed during reloads"
+            );
+            assert!(
+                sent.load(Ordering::SeqCst) >= 17,
+                "{style:?}: each loop must have run throughout"
+            );
+        }
         proxy.shutdown().await;
     }
     assert_eq!(changes, 51);

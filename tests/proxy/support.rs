@@ -79,6 +79,8 @@ pub struct Upstream {
     pub hits: Arc<AtomicUsize>,
     /// Connections accepted.
     pub connections: Arc<AtomicUsize>,
+    /// Connections that ended.
+    pub closed: Arc<AtomicUsize>,
     _stop: oneshot::Sender<()>,
 }
 
@@ -97,6 +99,8 @@ impl Upstream {
         let counter = Arc::clone(&hits);
         let connections = Arc::new(AtomicUsize::new(0));
         let accepted = Arc::clone(&connections);
+        let closed = Arc::new(AtomicUsize::new(0));
+        let ended = Arc::clone(&closed);
         tokio::spawn(async move {
             loop {
                 let (stream, _) = tokio::select! {
@@ -106,6 +110,7 @@ impl Upstream {
                 accepted.fetch_add(1, Ordering::SeqCst);
                 let handler = Arc::clone(&handler);
                 let counter = Arc::clone(&counter);
+                let ended = Arc::clone(&ended);
                 tokio::spawn(async move {
                     let service = service_fn(move |request| {
                         counter.fetch_add(1, Ordering::SeqCst);
@@ -115,6 +120,7 @@ impl Upstream {
                     let _ = auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .await;
+                    ended.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
@@ -122,6 +128,7 @@ impl Upstream {
             addr,
             hits,
             connections,
+            closed,
             _stop: stop,
         }
     }
@@ -137,6 +144,11 @@ impl Upstream {
 
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted and not yet closed.
+    pub fn open_connections(&self) -> usize {
+        self.connections() - self.closed.load(Ordering::SeqCst)
     }
 }
 
