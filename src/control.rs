@@ -118,6 +118,12 @@ impl Control {
             tracing::warn!("{warning}");
         }
         let routing = Arc::new(Routing::new(&config));
+        if let Some(path) = &config.access_log {
+            let log = crate::metrics::access_log::AccessLog::open(path).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("cannot open access_log {}: {e}", path.display()))
+            })?;
+            routing.metrics().set_access_log(log);
+        }
         let skip = history.len().saturating_sub(HISTORY_KEPT);
         let inner = Inner {
             config,

@@ -95,13 +95,6 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let access_log = match &config.access_log {
-        Some(path) => Some(
-            sluice::metrics::access_log::AccessLog::open(path)
-                .with_context(|| format!("cannot open access_log {}", path.display()))?,
-        ),
-        None => None,
-    };
     if config.state_dir.is_none() {
         tracing::warn!("state_dir is not set: weight overrides and history will not survive a restart");
     }
@@ -124,7 +117,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         }
         let admin_address = config.admin.as_ref().map(|a| a.address);
         let control = Arc::new(
-            Control::start(config, Some(text), Some(path.to_owned())).context("cannot restore state from state_dir")?,
+            Control::start(config, Some(text), Some(path.to_owned())).context("cannot start the control plane")?,
         );
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if let Some(address) = admin_address {
@@ -142,9 +135,6 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         #[cfg(unix)]
         sluice::reload::on_sighup(Arc::clone(&control)).context("cannot listen for SIGHUP")?;
         let routing = Arc::clone(control.routing());
-        if let Some(log) = access_log {
-            routing.metrics().set_access_log(log);
-        }
         tracing::info!(revision = routing.load().revision, workers, "sluice started");
         sluice::run(listeners, routing, async move {
             shutdown_signal().await;

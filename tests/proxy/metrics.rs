@@ -333,3 +333,40 @@ async fn a_client_that_leaves_before_the_answer_counts_as_error() {
     release.notify_waiters();
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_writes_one_json_line_per_request() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary-body").await);
+    let dir = temp_dir("metrics-access-log");
+    let (path, log) = (dir.join("sluice.yaml"), dir.join("access.log"));
+    let routing = "      weights: { blue: 1 }\n      rules: [{ match: { header: { name: x-v, value: canary } }, version: canary }]";
+    let extra = format!("access_log: {{ path: {} }}", log.display());
+    std::fs::write(
+        &path,
+        config_with_versions(&[("blue", blue.addr), ("canary", canary.addr)], routing, &extra),
+    )
+    .expect("write");
+    let proxy = controlled(&path, Options::default()).await;
+    let client = http1_client();
+    get(&client, &proxy.url("/"), None).await;
+    let request = http::Request::get(proxy.url("/"))
+        .header("x-v", "canary")
+        .body(empty())
+        .expect("request");
+    send(&client, request).await;
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("two access log lines are written", || read().lines().count() == 2).await;
+    let lines: Vec<serde_json::Value> = read()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    let canary_line = lines.iter().find(|l| l["version"] == "canary").expect("a canary line");
+    assert_eq!(canary_line["service"], "app");
+    assert_eq!(canary_line["role"], "primary");
+    assert_eq!(canary_line["status"], 200);
+    assert_eq!(canary_line["bytes"], 11, "the body was \"canary-body\"");
+    assert!(canary_line["latency_ms"].as_f64().expect("latency") > 0.0);
+    assert!(canary_line["time"].as_str().expect("time").ends_with('Z'));
+    assert!(lines.iter().any(|l| l["version"] == "blue" && l["bytes"] == 4));
+    proxy.shutdown().await;
+}
