@@ -39,6 +39,24 @@ fn bench(c: &mut Criterion) {
         })
     });
 
+    // The `hdrhistogram` crate records through `&mut self`: shared by request threads it needs a
+    // lock, or a per-thread `sync::Recorder` whose samples a `refresh` collects.
+    let locked =
+        std::sync::Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2).expect("bounds"));
+    c.bench_function("hdrhistogram: Mutex<Histogram>::record (uncontended)", |b| {
+        b.iter(|| locked.lock().map(|mut h| h.saturating_record(black_box(1234))))
+    });
+    let mut synced: hdrhistogram::sync::SyncHistogram<u64> =
+        hdrhistogram::Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 2)
+            .expect("bounds")
+            .into_sync();
+    let mut recorder = synced.recorder();
+    c.bench_function("hdrhistogram: sync::Recorder::record (per thread)", |b| {
+        b.iter(|| recorder.saturating_record(black_box(1234)))
+    });
+    drop(recorder);
+    synced.refresh();
+
     let recorder = PrometheusBuilder::new()
         .set_buckets(&[
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
