@@ -32,11 +32,10 @@ async fn weights_history_and_revert() {
     let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
     let dir = temp_dir("admin-weights");
     let path = dir.join("sluice.yaml");
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
-    )
-    .expect("write");
+        &blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
+    );
     let proxy = controlled(&path, Options::default()).await;
 
     let (status, body) = proxy.api("GET", "/api/v1/services/app", None).await;
@@ -98,11 +97,10 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
     let dir = temp_dir("admin-errors");
     let path = dir.join("sluice.yaml");
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
-    )
-    .expect("write");
+        &blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
+    );
     let proxy = controlled(&path, Options::default()).await;
     let cases: [(&str, &str, Option<&str>, StatusCode, &str); 10] = [
         (
@@ -200,11 +198,10 @@ async fn token_is_required_for_the_api_but_not_the_probes() {
     let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
     let dir = temp_dir("admin-token");
     let path = dir.join("sluice.yaml");
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { blue: 1 }", ""),
-    )
-    .expect("write");
+        &blue_canary(blue.addr, canary.addr, "      weights: { blue: 1 }", ""),
+    );
     let proxy = controlled(
         &path,
         Options {
@@ -251,11 +248,10 @@ async fn overrides_and_revisions_survive_a_restart() {
     let path = dir.join("sluice.yaml");
     let state = dir.join("state");
     let extra = format!("state_dir: {}", state.display());
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", &extra),
-    )
-    .expect("write");
+        &blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", &extra),
+    );
 
     let proxy = controlled(&path, Options::default()).await;
     let (status, body) = proxy
@@ -298,11 +294,10 @@ async fn reload_that_removes_an_overridden_version_drops_the_override() {
     let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
     let dir = temp_dir("admin-drop-override");
     let path = dir.join("sluice.yaml");
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
-    )
-    .expect("write");
+        &blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
+    );
     let proxy = controlled(&path, Options::default()).await;
     proxy
         .api(
@@ -316,7 +311,7 @@ async fn reload_that_removes_an_overridden_version_drops_the_override() {
         "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\nservices:\n  - name: app\n    expose_version: true\n    versions: {{ blue: {{ endpoints: [{}] }} }}\n    routing: {{ weights: {{ blue: 7 }} }}\n",
         blue.addr
     );
-    std::fs::write(&path, only_blue).expect("write");
+    write_config(&path, &only_blue);
     let (status, body) = proxy.api("POST", "/api/v1/reload", None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["result"], "ok");
@@ -341,11 +336,10 @@ async fn history_filter_keeps_the_entries_that_changed_a_service() {
         "  - name: other\n    match: {{ path_prefix: /other }}\n    versions: {{ v: {{ endpoints: [{}] }}, w: {{ endpoints: [{}] }} }}\n    routing: {{ weights: {{ v: 1 }} }}\n",
         blue.addr, canary.addr
     );
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", "") + &other,
-    )
-    .expect("write");
+        &(blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", "") + &other),
+    );
     let proxy = controlled(&path, Options::default()).await;
     let (_, app_change) = proxy
         .api("PUT", "/api/v1/services/app/weights", Some(r#"{"canary": 1}"#))
@@ -360,7 +354,7 @@ async fn history_filter_keeps_the_entries_that_changed_a_service() {
         &format!("w: {{ endpoints: [{}, {}] }}", canary.addr, blue.addr),
     );
     assert_ne!(text, changed);
-    std::fs::write(&path, changed).expect("write");
+    write_config(&path, &changed);
     let (status, reload) = proxy.api("POST", "/api/v1/reload", None).await;
     assert_eq!(status, StatusCode::OK, "{reload}");
     let revisions = |history: &Value| -> Vec<u64> {
@@ -397,11 +391,10 @@ async fn a_change_that_cannot_be_persisted_is_refused_and_publishes_nothing() {
     let path = dir.join("sluice.yaml");
     let state = dir.join("state");
     let extra = format!("state_dir: {}", state.display());
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", &extra),
-    )
-    .expect("write");
+        &blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", &extra),
+    );
     let proxy = controlled(&path, Options::default()).await;
     let (_, before) = proxy.api("GET", "/api/v1/services/app", None).await;
     // A directory where the temporary state file must go makes every save fail.

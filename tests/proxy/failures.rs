@@ -41,15 +41,7 @@ async fn failed_connect_is_retried_once_on_another_endpoint() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_without_response_headers_in_time_is_504() {
     let release = Arc::new(Notify::new());
-    let hold = Arc::clone(&release);
-    let up = Upstream::start(move |_| {
-        let hold = Arc::clone(&hold);
-        async move {
-            hold.notified().await;
-            Response::new(full("too late"))
-        }
-    })
-    .await;
+    let up = Upstream::held(Arc::clone(&release)).await;
     let proxy = proxy_with(
         &service("slow", "{}", &[("v", &[up.addr], 1)]),
         "defaults: { timeouts: { response_headers: 200ms } }",

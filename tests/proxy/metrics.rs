@@ -60,11 +60,10 @@ async fn requests_are_counted_exactly_per_version() {
     let dir = temp_dir("metrics-counts");
     let path = dir.join("sluice.yaml");
     let routing = "      weights: { blue: 1 }\n      rules: [{ match: { header: { name: x-v, value: canary } }, version: canary }]";
-    std::fs::write(
+    write_config(
         &path,
-        config_with_versions(&[("blue", blue.addr), ("canary", canary.addr)], routing, ""),
-    )
-    .expect("write");
+        &config_with_versions(&[("blue", blue.addr), ("canary", canary.addr)], routing, ""),
+    );
     let proxy = controlled(&path, Options::default()).await;
     let client = http1_client();
     for i in 0..100 {
@@ -103,15 +102,7 @@ async fn errors_are_counted_by_kind() {
     let missing =
         Upstream::start(|_| async { Response::builder().status(404).body(full("no")).expect("response") }).await;
     let release = Arc::new(Notify::new());
-    let hold = Arc::clone(&release);
-    let slow = Upstream::start(move |_| {
-        let hold = Arc::clone(&hold);
-        async move {
-            hold.notified().await;
-            Response::new(full("late"))
-        }
-    })
-    .await;
+    let slow = Upstream::held(Arc::clone(&release)).await;
     let dead = dead_addr().await;
     let dir = temp_dir("metrics-errors");
     let path = dir.join("sluice.yaml");
@@ -128,15 +119,14 @@ async fn errors_are_counted_by_kind() {
         ("refused", dead),
         ("slow", slow.addr),
     ];
-    std::fs::write(
+    write_config(
         &path,
-        config_with_versions(
+        &config_with_versions(
             &versions,
             &routing,
             "defaults: { timeouts: { response_headers: 300ms } }",
         ),
-    )
-    .expect("write");
+    );
     let proxy = controlled(&path, Options::default()).await;
     let client = http1_client();
     for (version, times, want) in [
@@ -213,11 +203,10 @@ async fn exposition_parses_with_the_official_prometheus_parser() {
     let blue = Upstream::named("blue").await;
     let dir = temp_dir("metrics-parse");
     let path = dir.join("sluice.yaml");
-    std::fs::write(
+    write_config(
         &path,
-        config_with_versions(&[("blue", blue.addr)], "      weights: { blue: 1 }", ""),
-    )
-    .expect("write");
+        &config_with_versions(&[("blue", blue.addr)], "      weights: { blue: 1 }", ""),
+    );
     let proxy = controlled(&path, Options::default()).await;
     for _ in 0..5 {
         get(&http1_client(), &proxy.url("/"), None).await;
@@ -265,11 +254,10 @@ async fn stats_percentiles_match_an_injected_latency() {
     .await;
     let dir = temp_dir("metrics-latency");
     let path = dir.join("sluice.yaml");
-    std::fs::write(
+    write_config(
         &path,
-        config_with_versions(&[("slow", slow.addr)], "      weights: { slow: 1 }", ""),
-    )
-    .expect("write");
+        &config_with_versions(&[("slow", slow.addr)], "      weights: { slow: 1 }", ""),
+    );
     let proxy = controlled(&path, Options::default()).await;
     let tasks: Vec<_> = (0..20)
         .map(|_| {
@@ -304,22 +292,13 @@ async fn stats_percentiles_match_an_injected_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_before_the_answer_counts_as_error() {
     let release = Arc::new(Notify::new());
-    let hold = Arc::clone(&release);
-    let slow = Upstream::start(move |_| {
-        let hold = Arc::clone(&hold);
-        async move {
-            hold.notified().await;
-            Response::new(full("late"))
-        }
-    })
-    .await;
+    let slow = Upstream::held(Arc::clone(&release)).await;
     let dir = temp_dir("metrics-gone");
     let path = dir.join("sluice.yaml");
-    std::fs::write(
+    write_config(
         &path,
-        config_with_versions(&[("slow", slow.addr)], "      weights: { slow: 1 }", ""),
-    )
-    .expect("write");
+        &config_with_versions(&[("slow", slow.addr)], "      weights: { slow: 1 }", ""),
+    );
     let proxy = controlled(&path, Options::default()).await;
     let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
     stream
@@ -341,11 +320,10 @@ async fn access_log_writes_one_json_line_per_request() {
     let (path, log) = (dir.join("sluice.yaml"), dir.join("access.log"));
     let routing = "      weights: { blue: 1 }\n      rules: [{ match: { header: { name: x-v, value: canary } }, version: canary }]";
     let extra = format!("access_log: {{ path: {} }}", log.display());
-    std::fs::write(
+    write_config(
         &path,
-        config_with_versions(&[("blue", blue.addr), ("canary", canary.addr)], routing, &extra),
-    )
-    .expect("write");
+        &config_with_versions(&[("blue", blue.addr), ("canary", canary.addr)], routing, &extra),
+    );
     let proxy = controlled(&path, Options::default()).await;
     let client = http1_client();
     get(&client, &proxy.url("/"), None).await;

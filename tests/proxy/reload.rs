@@ -132,11 +132,10 @@ async fn invalid_file_keeps_the_running_table_and_says_why() {
     let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
     let dir = temp_dir("reload-invalid");
     let path = dir.join("sluice.yaml");
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { blue: 1 }", ""),
-    )
-    .expect("write");
+        &blue_canary(blue.addr, canary.addr, "      weights: { blue: 1 }", ""),
+    );
     let proxy = controlled(
         &path,
         Options {
@@ -147,11 +146,10 @@ async fn invalid_file_keeps_the_running_table_and_says_why() {
     .await;
     let (_, before) = proxy.api("GET", "/api/v1/services", None).await;
 
-    std::fs::write(
+    write_config(
         &path,
-        blue_canary(blue.addr, canary.addr, "      weights: { canry: 1 }", ""),
-    )
-    .expect("write");
+        &blue_canary(blue.addr, canary.addr, "      weights: { canry: 1 }", ""),
+    );
     let deadline = tokio::time::Instant::now() + DEADLINE;
     let report = loop {
         let (_, report) = proxy.api("GET", "/api/v1/config", None).await;

@@ -18,7 +18,7 @@ async fn rules_pick_versions_first_match_wins() {
         - { match: { header: { name: x-force-blue, present: true } }, version: blue }
         - { match: { header: { name: x-beta, present: true } }, version: canary }
         - { match: { cookie: { name: beta, value: \"1\" } }, version: canary }";
-    std::fs::write(&path, blue_canary(blue.addr, canary.addr, routing, "")).expect("write");
+    write_config(&path, &blue_canary(blue.addr, canary.addr, routing, ""));
     let proxy = controlled(&path, Options::default()).await;
     let client = http1_client();
     let cases: [(&[(&str, &str)], &str); 8] = [
@@ -46,7 +46,7 @@ async fn sticky_cookie_pins_the_client() {
     let path = dir.join("sluice.yaml");
     let routing = "      weights: { blue: 50, canary: 50 }\n      sticky: { cookie: sluice-app, ttl: 1h }\n      \
                    rules: [{ match: { header: { name: x-preview, value: canary } }, version: canary }]";
-    std::fs::write(&path, blue_canary(blue.addr, canary.addr, routing, "")).expect("write");
+    write_config(&path, &blue_canary(blue.addr, canary.addr, routing, ""));
     let proxy = controlled(&path, Options::default()).await;
     let client = http1_client();
 
@@ -129,7 +129,7 @@ async fn hash_key_buckets_grow_monotonically_from_5_to_20_percent() {
     let path = dir.join("sluice.yaml");
     let routing =
         "      weights: { blue: 95, canary: 5 }\n      sticky: { cookie: sluice-app, hash_key: \"header:x-user-id\" }";
-    std::fs::write(&path, blue_canary(blue.addr, canary.addr, routing, "")).expect("write");
+    write_config(&path, &blue_canary(blue.addr, canary.addr, routing, ""));
     let proxy = controlled(&path, Options::default()).await;
     let keys: Vec<String> = (0..1000).map(|i| format!("user-{i}")).collect();
 

@@ -133,6 +133,18 @@ impl Upstream {
         }
     }
 
+    /// Holds every request until `release` is notified, then answers 200.
+    pub async fn held(release: Arc<tokio::sync::Notify>) -> Upstream {
+        Upstream::start(move |_| {
+            let release = Arc::clone(&release);
+            async move {
+                release.notified().await;
+                Response::new(full("released"))
+            }
+        })
+        .await
+    }
+
     /// Answers every request with 200 and `name` as the body.
     pub async fn named(name: &'static str) -> Upstream {
         Upstream::start(move |_| async move { Response::new(full(name)) }).await
@@ -403,4 +415,9 @@ pub fn blue_canary(blue: SocketAddr, canary: SocketAddr, routing: &str, extra: &
     format!(
         "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\n{extra}\nservices:\n  - name: app\n    expose_version: true\n    versions:\n      blue: {{ endpoints: [{blue}] }}\n      canary: {{ endpoints: [{canary}] }}\n    routing:\n{routing}\n"
     )
+}
+
+/// Writes a config file for a test.
+pub fn write_config(path: &std::path::Path, text: &str) {
+    std::fs::write(path, text).expect("write config");
 }
