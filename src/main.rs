@@ -107,6 +107,10 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         .build()
         .context("cannot start the runtime")?;
     runtime.block_on(async move {
+        // First of all: a SIGHUP before this would end the process (its default action).
+        #[cfg(unix)]
+        let hangup = sluice::reload::listen_for_sighup().context("cannot listen for SIGHUP")?;
+        let shutdown = shutdown_signal()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
         for listener in &config.listeners {
             let bound = tokio::net::TcpListener::bind(listener.address)
@@ -133,11 +137,11 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         }
         let _watcher = sluice::reload::watch(Arc::clone(&control), path).context("cannot watch the config file")?;
         #[cfg(unix)]
-        sluice::reload::on_sighup(Arc::clone(&control)).context("cannot listen for SIGHUP")?;
+        sluice::reload::on_sighup(Arc::clone(&control), hangup);
         let routing = Arc::clone(control.routing());
         tracing::info!(revision = routing.load().revision, workers, "sluice started");
         sluice::run(listeners, routing, async move {
-            shutdown_signal().await;
+            shutdown.await;
             let _ = stop.send(true);
         })
         .await;
@@ -146,24 +150,25 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     })
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+/// Completes on SIGTERM or SIGINT. The handlers are installed when this is called, before the
+/// returned future is first polled, so a signal during start-up is not lost (or fatal).
+#[cfg(unix)]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
         tokio::select! {
-            _ = interrupt => tracing::info!("SIGINT received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
             _ = terminate.recv() => tracing::info!("SIGTERM received"),
         }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
+    })
+}
+
+/// Completes on Ctrl-C.
+#[cfg(not(unix))]
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -50,16 +50,22 @@ pub fn watch(control: Arc<Control>, path: &Path) -> notify::Result<notify::Recom
     Ok(watcher)
 }
 
-/// Reloads on every SIGHUP, until the process ends.
+/// Listens for SIGHUP. Call this before anything else at start: until a handler is installed
+/// SIGHUP's default action ends the process, and signals that arrive before [`on_sighup`] polls
+/// the stream are kept.
 #[cfg(unix)]
-pub fn on_sighup(control: Arc<Control>) -> std::io::Result<()> {
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+pub fn listen_for_sighup() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+}
+
+/// Reloads on every SIGHUP `hangup` delivers, until the process ends.
+#[cfg(unix)]
+pub fn on_sighup(control: Arc<Control>, mut hangup: tokio::signal::unix::Signal) {
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             reload(&control, "reload (SIGHUP)").await;
         }
     });
-    Ok(())
 }
 
 /// Runs a reload off the async threads (it reads and fsyncs files); outcomes are logged by

@@ -325,6 +325,8 @@ fn sighup_reloads_the_config() {
          services:\n  - { name: s, versions: { v: { endpoints: [127.0.0.1:1] } }, routing: { weights: { v: 1 } } }\n",
     )
     .expect("write config");
+    // Regression: SIGHUP used to be handled only from after the admin address was logged, and a
+    // SIGHUP in between ended the process (its default action); under load this test caught it.
     let (mut child, _, admin, _) = spawn_sluice_with_admin(&config, true);
     let admin = admin.expect("admin address");
     assert!(!http_get(&admin, "/api/v1/config").contains("SIGHUP"), "no reload yet");
