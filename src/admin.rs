@@ -382,6 +382,34 @@ pub fn service_view(control: &Control, service: &Service) -> Value {
         "versions": versions,
         "rules": rules,
         "sticky": sticky,
+        "mirror": service.mirrors.iter().map(|m| mirror_view(m)).collect::<Vec<Value>>(),
+    })
+}
+
+/// A mirror as the API shows it: settings, copies in flight, drops, mismatches and samples.
+fn mirror_view(mirror: &crate::table::Mirror) -> Value {
+    use crate::metrics::DropReason;
+    let compare = match mirror.compare {
+        crate::config::Compare::None => "none",
+        crate::config::Compare::Status => "status",
+        crate::config::Compare::Body => "body",
+    };
+    let m = &mirror.metrics;
+    json!({
+        "version": &*mirror.version,
+        "percent": mirror.percent,
+        "max_body": mirror.max_body,
+        "max_in_flight": mirror.max_in_flight,
+        "compare": compare,
+        "in_flight": m.inflight(),
+        "sent": crate::metrics::CODES.iter().map(|c| m.requests(c)).sum::<u64>(),
+        "dropped": {
+            "max_body": m.dropped(DropReason::MaxBody),
+            "max_in_flight": m.dropped(DropReason::MaxInFlight),
+            "incomplete": m.dropped(DropReason::Incomplete),
+        },
+        "mismatches": m.mismatches(),
+        "samples": m.mismatch_samples(),
     })
 }
 

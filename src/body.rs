@@ -12,6 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::metrics::{ErrorKind, InflightGuard, VersionMetrics};
+use crate::mirror::{BodyHash, PrimaryOutcome, PrimaryReport};
 use crate::upstream::Lease;
 
 /// Records an upstream answer in its version's metrics once the body is done (or dropped).
@@ -23,11 +24,25 @@ pub struct Completion {
     status: StatusCode,
     failed: bool,
     bytes: u64,
+    report: Option<(PrimaryReport, Option<BodyHash>)>,
 }
 
 impl Completion {
     /// Starts tracking an answer with `status` to a request received at `start`.
     pub fn new(metrics: Arc<VersionMetrics>, inflight: InflightGuard, start: Instant, status: StatusCode) -> Self {
+        Self::reporting(metrics, inflight, start, status, None)
+    }
+
+    /// Like [`Completion::new`]; also reports the status (and, with `hash`, a hash of the body)
+    /// to the mirrors that compare this request's answers.
+    pub fn reporting(
+        metrics: Arc<VersionMetrics>,
+        inflight: InflightGuard,
+        start: Instant,
+        status: StatusCode,
+        report: Option<(PrimaryReport, bool)>,
+    ) -> Self {
+        let report = report.map(|(tx, hash)| (tx, hash.then(BodyHash::default)));
         Self {
             metrics,
             _inflight: inflight,
@@ -35,6 +50,7 @@ impl Completion {
             status,
             failed: false,
             bytes: 0,
+            report,
         }
     }
 }
@@ -53,6 +69,12 @@ impl Drop for Completion {
         }
         if self.failed {
             self.metrics.upstream_error(ErrorKind::Reset);
+        }
+        if let Some((report, hash)) = self.report.take() {
+            let _ = report.send(Some(PrimaryOutcome {
+                status: self.status,
+                body_hash: hash.map(BodyHash::finish),
+            }));
         }
     }
 }
@@ -96,7 +118,12 @@ impl Body for ResponseBody {
                 if let Some(completion) = completion {
                     match &polled {
                         Poll::Ready(Some(Ok(frame))) => {
-                            completion.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+                            if let Some(data) = frame.data_ref() {
+                                completion.bytes += data.len() as u64;
+                                if let Some((_, Some(hash))) = completion.report.as_mut() {
+                                    hash.update(data);
+                                }
+                            }
                         }
                         Poll::Ready(Some(Err(_))) => completion.failed = true,
                         _ => {}

@@ -8,6 +8,7 @@
 //! - [`split`]: which version: [`rules`], then [`sticky`] cookie or key bucket, then weight.
 //! - [`upstream`]: which endpoint (power of two choices), pooled connections, sending.
 //! - [`forward`]: hop-by-hop removal and `X-Forwarded-*`.
+//! - [`mirror`]: bounded copies of requests to shadow versions, compared and discarded.
 //! - [`body`]: the streamed response body; records the request's metrics when it ends.
 //! - [`metrics`]: per-version counters, lock-free latency histograms, windows, Prometheus.
 //! - [`error`]: every failure, its source, and the status the client gets.
@@ -30,6 +31,7 @@ pub mod error;
 pub mod forward;
 pub mod listener;
 pub mod metrics;
+pub mod mirror;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -18,10 +18,11 @@ use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::forward::{self, ClientInfo};
 use crate::metrics::{self, VersionMetrics};
+use crate::mirror::{self, BodyHash, PrimaryOutcome, PrimaryReport};
 use crate::router;
 use crate::split;
-use crate::table::{Routing, RoutingTable, Version};
-use crate::upstream::{self, Endpoint, RequestBody};
+use crate::table::{Routing, RoutingTable, Service, Version};
+use crate::upstream::{self, Endpoint, RequestBody, Tee};
 
 /// The request handler, shared by every connection.
 #[derive(Debug)]
@@ -45,11 +46,23 @@ impl Proxy {
         let mut outcome = Outcome {
             start: Instant::now(),
             chosen: None,
+            report: None,
         };
         match self.handle_inner(request, client, &mut outcome).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%method, %error, source = ?error.source_side(), "request failed");
+                if let Some((report, hash)) = outcome.report.take() {
+                    let body_hash = hash.then(|| {
+                        let mut h = BodyHash::default();
+                        h.update(error.body().as_bytes());
+                        h.finish()
+                    });
+                    let _ = report.send(Some(PrimaryOutcome {
+                        status: error.status(),
+                        body_hash,
+                    }));
+                }
                 if let Some((metrics, _inflight)) = outcome.chosen.take() {
                     let (status, bytes) = (error.status(), error.body().len() as u64);
                     metrics.record(Some(status), outcome.start.elapsed(), status.is_server_error(), bytes);
@@ -102,7 +115,12 @@ impl Proxy {
         forward::remove_hop_by_hop(&mut parts.headers, upgrade);
         forward::set_forwarded(&mut parts.headers, client, host.as_ref());
         let client_version = parts.version;
-        let outgoing = Request::from_parts(parts, RequestBody::new(body, limit));
+        let tee = if service.mirrors.is_empty() {
+            None
+        } else {
+            mirror_request(service, &parts, &table, outcome)
+        };
+        let outgoing = Request::from_parts(parts, RequestBody::teed(body, limit, tee));
 
         let (mut response, lease, endpoint) = send_with_retry(&table, version, outgoing, host).await?;
 
@@ -127,10 +145,9 @@ impl Proxy {
             parts.headers.append(header::SET_COOKIE, cookie.clone());
         }
         parts.version = client_version;
-        let completion = outcome
-            .chosen
-            .take()
-            .map(|(metrics, inflight)| Completion::new(metrics, inflight, outcome.start, parts.status));
+        let completion = outcome.chosen.take().map(|(metrics, inflight)| {
+            Completion::reporting(metrics, inflight, outcome.start, parts.status, outcome.report.take())
+        });
         Ok(Response::from_parts(
             parts,
             ResponseBody::Upstream {
@@ -147,6 +164,8 @@ struct Outcome {
     start: Instant,
     /// The chosen version's metrics and in-flight count, once a version is chosen.
     chosen: Option<(Arc<VersionMetrics>, metrics::InflightGuard)>,
+    /// Where to report the answer to mirrors that compare it, and whether to hash the body.
+    report: Option<(PrimaryReport, bool)>,
 }
 
 impl Drop for Outcome {
@@ -184,7 +203,7 @@ fn check_content_length(request: &Request<Incoming>, limit: u64) -> Result<(), P
 
 /// Sets the URI (and `Host`) the way `endpoint`'s protocol wants them: origin form with a
 /// `Host` header for HTTP/1.1, absolute form with `:authority` for HTTP/2.
-fn target_request(request: &mut Request<RequestBody>, endpoint: &Endpoint, host: Option<&HeaderValue>) {
+pub(crate) fn target_request(request: &mut Request<RequestBody>, endpoint: &Endpoint, host: Option<&HeaderValue>) {
     let path = request
         .uri()
         .path_and_query()
@@ -286,4 +305,26 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
     if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
         tracing::debug!(%endpoint, error = %e, "upgraded connection ended");
     }
+}
+
+/// Picks this request's mirrors and starts their background task; returns the tee that copies
+/// the body for them, if any mirror fired.
+fn mirror_request(
+    service: &Service,
+    parts: &http::request::Parts,
+    table: &RoutingTable,
+    outcome: &mut Outcome,
+) -> Option<Tee> {
+    let plans = mirror::select(service);
+    if plans.is_empty() {
+        return None;
+    }
+    let (tee, copy) = Tee::new(mirror::max_body(&plans));
+    let primary = mirror::compares(&plans).map(|compare| {
+        let (report, primary) = tokio::sync::watch::channel(None);
+        outcome.report = Some((report, compare == crate::config::Compare::Body));
+        primary
+    });
+    mirror::spawn(plans, parts, copy, primary, table.limits);
+    Some(tee)
 }

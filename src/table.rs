@@ -72,6 +72,29 @@ pub struct Service {
     pub rules: Vec<crate::config::RuleSpec>,
     /// Sticky sessions, if configured.
     pub sticky: Option<crate::config::StickySpec>,
+    /// Shadow versions that get copies of requests.
+    pub mirrors: Vec<Arc<Mirror>>,
+}
+
+/// A compiled mirror: where copies go and how many may be in flight.
+#[derive(Debug)]
+pub struct Mirror {
+    /// The shadow version's name.
+    pub version: Arc<str>,
+    /// The shadow version's protocol.
+    pub protocol: Protocol,
+    /// The shadow version's endpoints.
+    pub endpoints: Vec<Arc<Endpoint>>,
+    /// Share of requests copied, percent.
+    pub percent: f64,
+    /// Largest body copied, bytes.
+    pub max_body: u64,
+    /// Most copies in flight.
+    pub max_in_flight: usize,
+    /// What is compared with the primary's answer.
+    pub compare: crate::config::Compare,
+    /// Shadow-role metrics of the version: counts, latency, in-flight copies, drops, mismatches.
+    pub metrics: Arc<VersionMetrics>,
 }
 
 /// A compiled version: a pool of endpoints.
@@ -149,6 +172,23 @@ impl Service {
                         .and_then(|s| crate::sticky::set_cookie(&s.cookie, &v.name, s.ttl)),
                 }
             })
+            .collect::<Vec<Version>>();
+        let mirrors = spec
+            .mirrors
+            .iter()
+            .map(|m| {
+                let version: &Version = &versions[m.version];
+                Arc::new(Mirror {
+                    version: Arc::clone(&version.name),
+                    protocol: version.protocol,
+                    endpoints: version.endpoints.clone(),
+                    percent: m.percent,
+                    max_body: m.max_body,
+                    max_in_flight: m.max_in_flight,
+                    compare: m.compare,
+                    metrics: registries.metrics.version(&service_name, &version.name, Role::Shadow),
+                })
+            })
             .collect();
         Service {
             name: service_name,
@@ -159,6 +199,7 @@ impl Service {
             split,
             rules: spec.rules.clone(),
             sticky: spec.sticky.clone(),
+            mirrors,
         }
     }
 

@@ -298,6 +298,7 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
         .sticky
         .as_ref()
         .and_then(|s| super::routing::compile_sticky(&at, s, errors));
+    let mirrors = super::routing::compile_mirrors(&at, &raw.mirror, &names, errors);
 
     (errors.0.len() == before).then(|| ServiceSpec {
         name: raw.name.clone(),
@@ -307,6 +308,7 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
         versions,
         rules,
         sticky,
+        mirrors,
     })
 }
 
@@ -381,12 +383,12 @@ services:
     #[test]
     fn unknown_fields_are_errors_not_ignored() {
         let yaml = format!(
-            "{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n    mirror: []\n"
+            "{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n    outlier_detection: {{}}\n"
         );
         let errors = errors_of(&yaml);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].starts_with("services[0]: unknown field `mirror`"),
+            errors[0].starts_with("services[0]: unknown field `outlier_detection`"),
             "{errors:?}"
         );
     }

@@ -29,6 +29,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default request body limit.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
+/// Default largest body a mirror copies: enough for typical API requests, bounded per copy.
+pub const DEFAULT_MIRROR_MAX_BODY: u64 = 64 << 10;
+/// Default shadow requests in flight per mirror.
+pub const DEFAULT_MIRROR_MAX_IN_FLIGHT: usize = 64;
 /// Default sticky cookie lifetime: a working session.
 pub const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(3600);
 
@@ -118,6 +122,36 @@ pub struct ServiceSpec {
     pub rules: Vec<RuleSpec>,
     /// Sticky sessions.
     pub sticky: Option<StickySpec>,
+    /// Shadow versions.
+    pub mirrors: Vec<MirrorSpec>,
+}
+
+/// One `mirror` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorSpec {
+    /// Index into the service's versions.
+    pub version: usize,
+    /// Share of requests copied, in percent.
+    pub percent: f64,
+    /// Largest request body copied, bytes.
+    pub max_body: u64,
+    /// Most shadow requests in flight.
+    pub max_in_flight: usize,
+    /// What to compare between the primary's and the shadow's answers.
+    pub compare: Compare,
+}
+
+impl Eq for MirrorSpec {}
+
+/// What a mirror compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compare {
+    /// Nothing.
+    None,
+    /// Status codes.
+    Status,
+    /// Status codes and a hash of the bodies.
+    Body,
 }
 
 /// A rule: requests matching `matcher` go to `versions[version]`.

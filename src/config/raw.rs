@@ -104,6 +104,25 @@ pub struct RawService {
     /// How traffic is split between versions.
     #[serde(default)]
     pub routing: RawRouting,
+    /// Shadow versions that get copies of requests.
+    #[serde(default)]
+    pub mirror: Vec<RawMirror>,
+}
+
+/// `services[i].mirror[j]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMirror {
+    /// The shadow version.
+    pub version: String,
+    /// Share of the service's requests copied, 0 to 100. Required.
+    pub percent: f64,
+    /// Largest request body copied, e.g. `64KiB`; larger ones are not mirrored.
+    pub max_body: Option<String>,
+    /// Most shadow requests in flight; past that, copies are dropped.
+    pub max_in_flight: Option<usize>,
+    /// `none`, `status` or `body`.
+    pub compare: Option<String>,
 }
 
 /// `services[i].match`.

@@ -3,8 +3,82 @@
 use http::{HeaderName, HeaderValue};
 
 use super::compile::Errors;
+use super::raw::RawMirror;
 use super::raw::{RawRule, RawSticky};
-use super::{units, KeySource, RuleMatch, RuleSpec, StickySpec, DEFAULT_STICKY_TTL};
+use super::{units, Compare, KeySource, MirrorSpec, RuleMatch, RuleSpec, StickySpec, DEFAULT_STICKY_TTL};
+use super::{DEFAULT_MIRROR_MAX_BODY, DEFAULT_MIRROR_MAX_IN_FLIGHT};
+
+/// Most shadow requests in flight a mirror may allow.
+const MAX_MIRROR_IN_FLIGHT: usize = 65_536;
+
+/// Checks a service's mirrors against its version `names`.
+pub(super) fn compile_mirrors(at: &str, raw: &[RawMirror], names: &[&str], errors: &mut Errors) -> Vec<MirrorSpec> {
+    let mut mirrors = Vec::with_capacity(raw.len());
+    for (j, mirror) in raw.iter().enumerate() {
+        let mat = format!("{at}.mirror[{j}]");
+        let before = errors.0.len();
+        let version = names.iter().position(|n| *n == mirror.version);
+        if version.is_none() {
+            errors.push(
+                format!("{mat}.version"),
+                format!(
+                    "unknown version \"{}\" (versions: {})",
+                    mirror.version,
+                    names.join(", ")
+                ),
+            );
+        }
+        if raw[..j].iter().any(|m| m.version == mirror.version) {
+            errors.push(
+                format!("{mat}.version"),
+                format!("\"{}\" is already mirrored by an earlier entry", mirror.version),
+            );
+        }
+        if !(0.0..=100.0).contains(&mirror.percent) {
+            errors.push(
+                format!("{mat}.percent"),
+                format!("{} is out of range: use 0 to 100", mirror.percent),
+            );
+        }
+        let max_body = match mirror.max_body.as_deref().map(units::size) {
+            None => DEFAULT_MIRROR_MAX_BODY,
+            Some(Ok(size)) => size,
+            Some(Err(e)) => {
+                errors.push(format!("{mat}.max_body"), e);
+                0
+            }
+        };
+        let max_in_flight = mirror.max_in_flight.unwrap_or(DEFAULT_MIRROR_MAX_IN_FLIGHT);
+        if max_in_flight == 0 || max_in_flight > MAX_MIRROR_IN_FLIGHT {
+            errors.push(
+                format!("{mat}.max_in_flight"),
+                format!("{max_in_flight} is out of range: use 1 to {MAX_MIRROR_IN_FLIGHT}"),
+            );
+        }
+        let compare = match mirror.compare.as_deref() {
+            None | Some("none") => Compare::None,
+            Some("status") => Compare::Status,
+            Some("body") => Compare::Body,
+            Some(other) => {
+                errors.push(
+                    format!("{mat}.compare"),
+                    format!("unknown value \"{other}\" (use none, status or body)"),
+                );
+                Compare::None
+            }
+        };
+        if let (Some(version), true) = (version, errors.0.len() == before) {
+            mirrors.push(MirrorSpec {
+                version,
+                percent: mirror.percent,
+                max_body,
+                max_in_flight,
+                compare,
+            });
+        }
+    }
+    mirrors
+}
 
 /// Checks a service's rules against its version `names`.
 pub(super) fn compile_rules(at: &str, raw: &[RawRule], names: &[&str], errors: &mut Errors) -> Vec<RuleSpec> {

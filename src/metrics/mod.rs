@@ -27,6 +27,8 @@ use window::{Window, WindowStats};
 pub enum Role {
     /// The answer went to the client.
     Primary,
+    /// A mirrored copy whose answer was discarded.
+    Shadow,
 }
 
 impl Role {
@@ -34,6 +36,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Primary => "primary",
+            Role::Shadow => "shadow",
         }
     }
 }
@@ -49,6 +52,39 @@ pub enum ErrorKind {
     Reset = 2,
     /// The upstream answered 5xx.
     Status = 3,
+}
+
+/// Why a shadow copy was not sent: the `reason` label of `sluice_shadow_dropped_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The request body was larger than the mirror's `max_body`.
+    MaxBody = 0,
+    /// The mirror already had `max_in_flight` copies in flight.
+    MaxInFlight = 1,
+    /// The client's body never completed (the client left, or the primary stopped reading).
+    Incomplete = 2,
+}
+
+/// Label values of [`DropReason`], by discriminant.
+pub const DROP_REASONS: [&str; 3] = ["max_body", "max_in_flight", "incomplete"];
+/// Mismatch samples kept per mirror.
+pub const MISMATCH_SAMPLES: usize = 16;
+
+/// One request whose shadow answered differently from the primary.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MismatchSample {
+    /// When the shadow answered.
+    pub time: String,
+    /// Request method.
+    pub method: String,
+    /// Request path and query.
+    pub path: String,
+    /// Status the client got.
+    pub primary_status: u16,
+    /// Status the shadow answered (0: no answer).
+    pub shadow_status: u16,
+    /// Whether the bodies differed (`compare: body` only).
+    pub body_differs: bool,
 }
 
 /// Label values of [`ErrorKind`], by discriminant.
@@ -79,6 +115,10 @@ pub struct VersionMetrics {
     latency: AtomicHistogram,
     window: Mutex<Window>,
     access_log: Arc<OnceLock<AccessLog>>,
+    // Shadow role only: copies not sent, and answers that differed from the primary's.
+    shadow_dropped: [AtomicU64; 3],
+    mismatches: AtomicU64,
+    samples: Mutex<std::collections::VecDeque<MismatchSample>>,
 }
 
 impl VersionMetrics {
@@ -93,7 +133,50 @@ impl VersionMetrics {
             latency: AtomicHistogram::default(),
             window: Mutex::default(),
             access_log,
+            shadow_dropped: Default::default(),
+            mismatches: AtomicU64::new(0),
+            samples: Mutex::default(),
         }
+    }
+
+    /// Counts a shadow copy that was not sent.
+    pub fn shadow_dropped(&self, reason: DropReason) {
+        self.shadow_dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copies not sent for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.shadow_dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Counts a shadow answer that differed from the primary's, keeping the newest samples.
+    pub fn mismatch(&self, sample: MismatchSample) {
+        self.mismatches.fetch_add(1, Ordering::Relaxed);
+        let mut samples = self.samples.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if samples.len() == MISMATCH_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
+    }
+
+    /// Mismatches so far.
+    pub fn mismatches(&self) -> u64 {
+        self.mismatches.load(Ordering::Relaxed)
+    }
+
+    /// The newest mismatch samples, oldest first.
+    pub fn mismatch_samples(&self) -> Vec<MismatchSample> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Requests in flight (for a shadow: copies in flight).
+    pub fn inflight(&self) -> i64 {
+        self.inflight.load(Ordering::Relaxed)
     }
 
     /// Records an answered request: `status` sent (`None`: the client got no response), its

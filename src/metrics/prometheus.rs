@@ -85,9 +85,12 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
         &mut out,
         "sluice_upstream_errors_total",
         "counter",
-        "Upstream failures by kind (connect, timeout, reset, status: a 5xx answer).",
+        "Upstream failures of primary requests by kind (connect, timeout, reset, status: a 5xx answer).",
     );
-    for v in &versions {
+    // Shadow failures show in sluice_requests_total{role="shadow"}; these two series have no
+    // role label, so they count primary traffic only.
+    let primaries: Vec<_> = versions.iter().filter(|v| v.role == super::Role::Primary).collect();
+    for v in &primaries {
         for (i, kind) in ERROR_KINDS.iter().enumerate() {
             let n = v.upstream_errors[i].load(std::sync::atomic::Ordering::Relaxed);
             let _ = writeln!(
@@ -105,7 +108,7 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
         "gauge",
         "Requests in flight to a version.",
     );
-    for v in &versions {
+    for v in &primaries {
         let n = v.inflight.load(std::sync::atomic::Ordering::Relaxed);
         let _ = writeln!(
             out,
@@ -113,6 +116,42 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
             escape(&v.service),
             escape(&v.version)
         );
+    }
+
+    let shadows: Vec<_> = versions.iter().filter(|v| v.role == super::Role::Shadow).collect();
+    if !shadows.is_empty() {
+        header(
+            &mut out,
+            "sluice_shadow_dropped_total",
+            "counter",
+            "Shadow copies not sent, by reason.",
+        );
+        for v in &shadows {
+            for (i, reason) in super::DROP_REASONS.iter().enumerate() {
+                let n = v.shadow_dropped[i].load(std::sync::atomic::Ordering::Relaxed);
+                let _ = writeln!(
+                    out,
+                    "sluice_shadow_dropped_total{{service=\"{}\",version=\"{}\",reason=\"{reason}\"}} {n}",
+                    escape(&v.service),
+                    escape(&v.version)
+                );
+            }
+        }
+        header(
+            &mut out,
+            "sluice_shadow_mismatches_total",
+            "counter",
+            "Shadow answers that differed from the primary's.",
+        );
+        for v in &shadows {
+            let _ = writeln!(
+                out,
+                "sluice_shadow_mismatches_total{{service=\"{}\",version=\"{}\"}} {}",
+                escape(&v.service),
+                escape(&v.version),
+                v.mismatches()
+            );
+        }
     }
 
     header(

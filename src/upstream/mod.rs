@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::config::{EndpointAddr, Protocol};
 
 use pool::Pool;
-pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure};
+pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure, Tee};
 
 /// One upstream address of a version.
 #[derive(Debug)]

@@ -29,24 +29,102 @@ const MAX_IDLE_PER_ENDPOINT: usize = 512;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
-/// The request body sent upstream: the client's body, cut off past the size limit.
+/// The request body sent upstream: the client's body, cut off past the size limit and
+/// optionally teed into a bounded copy for mirrors; or a complete buffered body (a shadow copy).
 #[derive(Debug)]
 pub struct RequestBody {
-    inner: Incoming,
-    remaining: u64,
+    kind: BodyKind,
 }
 
-/// The client sent more than `max_request_body`.
-#[derive(Debug, thiserror::Error)]
-#[error("request body exceeds the configured limit")]
-pub struct BodyTooLarge;
+#[derive(Debug)]
+enum BodyKind {
+    Client {
+        inner: Incoming,
+        remaining: u64,
+        tee: Option<Tee>,
+    },
+    Buffered(Option<Bytes>),
+}
+
+/// A bounded copy of a request body taken while it streams to the primary. At the end of the
+/// body it hands over the copy (`Some`), or `None` if the body was larger than `limit`; if the
+/// body never ends, the receiver sees the sender dropped.
+#[derive(Debug)]
+pub struct Tee {
+    chunks: Vec<Bytes>,
+    len: u64,
+    limit: u64,
+    overflowed: bool,
+    done: Option<tokio::sync::oneshot::Sender<Option<Bytes>>>,
+}
+
+impl Tee {
+    /// A tee keeping at most `limit` bytes, and the receiver of its copy.
+    pub fn new(limit: u64) -> (Self, tokio::sync::oneshot::Receiver<Option<Bytes>>) {
+        let (done, copy) = tokio::sync::oneshot::channel();
+        (
+            Self {
+                chunks: Vec::new(),
+                len: 0,
+                limit,
+                overflowed: false,
+                done: Some(done),
+            },
+            copy,
+        )
+    }
+
+    fn data(&mut self, data: &Bytes) {
+        if self.overflowed {
+            return;
+        }
+        self.len += data.len() as u64;
+        if self.len > self.limit {
+            // Over the limit: stop copying and free what was kept; memory stays bounded.
+            self.overflowed = true;
+            self.chunks = Vec::new();
+        } else {
+            self.chunks.push(data.clone());
+        }
+    }
+
+    fn finish(&mut self) {
+        let Some(done) = self.done.take() else { return };
+        let copy = (!self.overflowed).then(|| match self.chunks.len() {
+            1 => self.chunks[0].clone(),
+            _ => Bytes::from(self.chunks.concat()),
+        });
+        let _ = done.send(copy);
+    }
+}
 
 impl RequestBody {
     /// Wraps a client body that may carry at most `limit` bytes.
     pub fn new(inner: Incoming, limit: u64) -> Self {
+        Self::teed(inner, limit, None)
+    }
+
+    /// Like [`RequestBody::new`], keeping a bounded copy in `tee`.
+    pub fn teed(inner: Incoming, limit: u64, mut tee: Option<Tee>) -> Self {
+        if inner.is_end_stream() {
+            // No body: hyper may never poll it, so hand over the (empty) copy now.
+            if let Some(tee) = tee.as_mut() {
+                tee.finish();
+            }
+        }
         Self {
-            inner,
-            remaining: limit,
+            kind: BodyKind::Client {
+                inner,
+                remaining: limit,
+                tee,
+            },
+        }
+    }
+
+    /// A complete body.
+    pub fn buffered(bytes: Bytes) -> Self {
+        Self {
+            kind: BodyKind::Buffered((!bytes.is_empty()).then_some(bytes)),
         }
     }
 }
@@ -56,32 +134,60 @@ impl Body for RequestBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
+        let (inner, remaining, tee) = match &mut self.kind {
+            BodyKind::Buffered(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Client { inner, remaining, tee } => (inner, remaining, tee),
+        };
+        match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
-                    if len > this.remaining {
-                        this.remaining = 0;
+                    if len > *remaining {
+                        *remaining = 0;
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
-                    this.remaining -= len;
+                    *remaining -= len;
+                    if let Some(tee) = tee.as_mut() {
+                        tee.data(data);
+                        // With a known length hyper stops polling at the last byte and never
+                        // sees the end: finish the copy as soon as the body says it is done.
+                        if inner.is_end_stream() {
+                            tee.finish();
+                        }
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
-            other => other.map(|_| None),
+            Poll::Ready(None) => {
+                if let Some(tee) = tee.as_mut() {
+                    tee.finish();
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.kind {
+            BodyKind::Client { inner, .. } => inner.is_end_stream(),
+            BodyKind::Buffered(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.kind {
+            BodyKind::Client { inner, .. } => inner.size_hint(),
+            BodyKind::Buffered(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+        }
     }
 }
+
+/// The client sent more than `max_request_body`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds the configured limit")]
+pub struct BodyTooLarge;
 
 /// True when `error` (or anything it wraps) is the body limit being exceeded.
 pub fn is_body_too_large(error: &(dyn StdError + 'static)) -> bool {

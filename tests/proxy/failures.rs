@@ -123,7 +123,7 @@ async fn malformed_request_is_400() {
 }
 
 /// An upstream that reads a request head, counts it, and closes without answering.
-async fn hanging_up_upstream(received: Arc<std::sync::atomic::AtomicUsize>) -> std::net::SocketAddr {
+pub async fn hanging_up_upstream(received: Arc<std::sync::atomic::AtomicUsize>) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {

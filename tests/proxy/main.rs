@@ -10,6 +10,7 @@ mod metrics;
 mod pooling;
 mod reload;
 mod routing;
+mod shadow;
 mod stickiness;
 mod streaming;
 mod support;

@@ -1,0 +1,338 @@
+//! Shadow traffic: copies reach the shadow intact, percents hold, a slow or broken shadow never
+//! touches the client's answer, bodies are bounded, and answers are compared.
+
+use std::sync::{Arc, Mutex};
+
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tokio::sync::Notify;
+
+use crate::support::*;
+
+/// blue (primary, weight 1) plus shadow versions, and the `mirror:` entries.
+fn config(blue: std::net::SocketAddr, shadows: &[(&str, std::net::SocketAddr)], mirrors: &str, extra: &str) -> String {
+    let versions: String = shadows
+        .iter()
+        .map(|(n, a)| format!("      {n}: {{ endpoints: [{a}] }}\n"))
+        .collect();
+    format!(
+        "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\n{extra}\nservices:\n  - name: app\n    versions:\n      blue: {{ endpoints: [{blue}] }}\n{versions}    routing: {{ weights: {{ blue: 1 }} }}\n    mirror:\n{mirrors}\n"
+    )
+}
+
+async fn start(name: &str, yaml: &str) -> Controlled {
+    let dir = temp_dir(name);
+    let path = dir.join("sluice.yaml");
+    write_config(&path, yaml);
+    controlled(&path, Options::default()).await
+}
+
+/// The admin API's view of the mirror of `version`.
+async fn mirror_view(proxy: &Controlled, version: &str) -> Value {
+    let (_, view) = proxy.api("GET", "/api/v1/services/app", None).await;
+    view["service"]["mirror"]
+        .as_array()
+        .expect("mirror")
+        .iter()
+        .find(|m| m["version"] == version)
+        .expect("mirror entry")
+        .clone()
+}
+
+/// Waits until the mirror of `version` has no copy in flight; returns its view.
+async fn settled(proxy: &Controlled, version: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let view = mirror_view(proxy, version).await;
+        if view["in_flight"] == 0 {
+            return view;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "copies still in flight: {view}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_gets_an_intact_marked_copy() {
+    let blue = Upstream::named("blue").await;
+    type Seen = Arc<Mutex<Vec<(String, HeaderMap, bytes::Bytes)>>>;
+    let seen: Seen = Arc::default();
+    let store = Arc::clone(&seen);
+    let green = Upstream::start(move |request| {
+        let store = Arc::clone(&store);
+        async move {
+            let (parts, body) = request.into_parts();
+            let body = body.collect().await.expect("body").to_bytes();
+            store
+                .lock()
+                .expect("lock")
+                .push((parts.uri.to_string(), parts.headers, body));
+            Response::new(full("green"))
+        }
+    })
+    .await;
+    let proxy = start(
+        "shadow-copy",
+        &config(
+            blue.addr,
+            &[("green", green.addr)],
+            "      - { version: green, percent: 100 }",
+            "",
+        ),
+    )
+    .await;
+    let request = Request::post(proxy.url("/orders?id=7"))
+        .header("host", "shop.test:8080")
+        .header("x-test", "1")
+        .body(full("order body"))
+        .expect("request");
+    let (status, _, body) = send(&http1_client(), request).await;
+    assert_eq!(
+        (status, &body[..]),
+        (StatusCode::OK, &b"blue"[..]),
+        "the client gets the primary's answer"
+    );
+    wait_until("the shadow receives the copy", || seen.lock().expect("lock").len() == 1).await;
+    let (uri, headers, body) = seen.lock().expect("lock")[0].clone();
+    assert_eq!(uri, "/orders?id=7");
+    assert_eq!(&body[..], b"order body");
+    assert_eq!(headers["host"], "shop.test-shadow:8080", "-shadow goes before the port");
+    assert_eq!(headers["x-sluice-shadow"], "true");
+    assert_eq!(headers["x-test"], "1");
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+
+    let view = settled(&proxy, "green").await;
+    assert_eq!(view["sent"], 1);
+    let (_, stats) = proxy.api("GET", "/api/v1/services/app/stats", None).await;
+    let green_primary = stats["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .find(|v| v["version"] == "green")
+        .expect("green");
+    assert_eq!(
+        green_primary["windows"]["10s"]["requests"], 0,
+        "shadow answers never count as the version's primary traffic"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn percents_hold_for_two_mirrors() {
+    let (blue, green, canary) = (
+        Upstream::named("blue").await,
+        Upstream::named("g").await,
+        Upstream::named("c").await,
+    );
+    let mirrors = "      - { version: green, percent: 100 }\n      - { version: canary, percent: 30 }";
+    let proxy = start(
+        "shadow-percent",
+        &config(
+            blue.addr,
+            &[("green", green.addr), ("canary", canary.addr)],
+            mirrors,
+            "",
+        ),
+    )
+    .await;
+    let client = http1_client();
+    for _ in 0..1000 {
+        assert_eq!(get(&client, &proxy.url("/"), None).await.0, StatusCode::OK);
+    }
+    settled(&proxy, "green").await;
+    settled(&proxy, "canary").await;
+    assert_eq!(blue.hits(), 1000);
+    assert_eq!(green.hits(), 1000, "100% means every request");
+    // 30% of 1000: sd = 14.5; the band is about ±4 sd.
+    assert!(
+        (240..=360).contains(&canary.hits()),
+        "canary got {} of 1000 at 30%",
+        canary.hits()
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_shadow_never_holds_the_client_and_its_copies_are_bounded() {
+    let blue = Upstream::named("blue").await;
+    let release = Arc::new(Notify::new());
+    let green = Upstream::held(Arc::clone(&release)).await;
+    let mirrors = "      - { version: green, percent: 100, max_in_flight: 4 }";
+    let proxy = start("shadow-hang", &config(blue.addr, &[("green", green.addr)], mirrors, "")).await;
+    let client = http1_client();
+    // Every client request completes while the shadow holds every copy it got.
+    for _ in 0..40 {
+        let (status, body) = get(&client, &proxy.url("/"), None).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"blue"[..]));
+    }
+    wait_until("the shadow holds 4 copies", || green.hits() == 4).await;
+    let view = mirror_view(&proxy, "green").await;
+    assert_eq!(view["in_flight"], 4, "{view}");
+    assert_eq!(
+        view["dropped"]["max_in_flight"], 36,
+        "past max_in_flight, copies are dropped, not queued: {view}"
+    );
+    release.notify_waiters();
+    let view = settled(&proxy, "green").await;
+    assert_eq!(view["sent"], 4);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_resets_changes_nothing_for_the_client() {
+    let blue = Upstream::named("blue").await;
+    let received = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let green = crate::failures::hanging_up_upstream(Arc::clone(&received)).await;
+    let proxy = start(
+        "shadow-reset",
+        &config(
+            blue.addr,
+            &[("green", green)],
+            "      - { version: green, percent: 100 }",
+            "",
+        ),
+    )
+    .await;
+    let client = http1_client();
+    for _ in 0..20 {
+        let request = Request::post(proxy.url("/")).body(full("x")).expect("request");
+        let (status, _, body) = send(&client, request).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"blue"[..]));
+    }
+    settled(&proxy, "green").await;
+    let (_, stats) = proxy.api("GET", "/api/v1/services/app/stats", None).await;
+    let blue_window = &stats["versions"][0]["windows"]["10s"];
+    assert_eq!(
+        (blue_window["requests"].as_u64(), blue_window["errors"].as_u64()),
+        (Some(20), Some(0))
+    );
+    let sample = "sluice_requests_total{service=\"app\",version=\"green\",role=\"shadow\",code=\"5xx\"} 20";
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let request = Request::get(format!("http://{}/metrics", proxy.admin))
+            .body(empty())
+            .expect("request");
+        let (_, _, text) = send(&http1_client(), request).await;
+        if String::from_utf8_lossy(&text).contains(sample) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never saw {sample}");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_20mb_upload_streams_while_its_oversized_copy_is_dropped() {
+    const TOTAL: usize = 20 << 20;
+    const CHUNK: usize = 256 << 10;
+    let first_bytes = Arc::new(Notify::new());
+    let seen = Arc::clone(&first_bytes);
+    let blue = Upstream::start(move |request| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let verdict = match check_pattern(request.into_body(), || seen.notify_one()).await {
+                Ok(len) => format!("ok {len}"),
+                Err(at) => format!("corrupt at {at}"),
+            };
+            Response::new(full(verdict))
+        }
+    })
+    .await;
+    let green = Upstream::named("green").await;
+    let mirrors = "      - { version: green, percent: 100, max_body: 1MiB }";
+    let proxy = start(
+        "shadow-upload",
+        &config(
+            blue.addr,
+            &[("green", green.addr)],
+            mirrors,
+            "defaults: { max_request_body: 32MiB }",
+        ),
+    )
+    .await;
+    let (tx, body) = channel_body(4);
+    let request = Request::post(proxy.url("/upload")).body(body).expect("request");
+    let client = http1_client();
+    let response = tokio::spawn(async move { send(&client, request).await });
+    tx.send(Frame::data(pattern(0, CHUNK))).await.expect("first chunk");
+    within(
+        "the primary sees the first bytes before the upload ends",
+        first_bytes.notified(),
+    )
+    .await;
+    let mut offset = CHUNK;
+    while offset < TOTAL {
+        tx.send(Frame::data(pattern(offset as u64, CHUNK)))
+            .await
+            .expect("chunk");
+        offset += CHUNK;
+    }
+    drop(tx);
+    let (status, _, body) = within("upload response", response).await.expect("client task");
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (StatusCode::OK, format!("ok {TOTAL}"))
+    );
+    let view = settled(&proxy, "green").await;
+    assert_eq!(view["dropped"]["max_body"], 1, "{view}");
+    assert_eq!(green.hits(), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mismatches_are_counted_and_sampled() {
+    let blue = Upstream::start(|_| async { Response::new(full("primary answer")) }).await;
+    let failing =
+        Upstream::start(|_| async { Response::builder().status(500).body(full("oops")).expect("response") }).await;
+    let different = Upstream::start(|_| async { Response::new(full("other answer")) }).await;
+    let same = Upstream::start(|_| async { Response::new(full("primary answer")) }).await;
+    let mirrors = "      - { version: failing, percent: 100, compare: status }\n      - { version: different, percent: 100, compare: body }\n      - { version: same, percent: 100, compare: body }";
+    let shadows = [
+        ("failing", failing.addr),
+        ("different", different.addr),
+        ("same", same.addr),
+    ];
+    let proxy = start("shadow-compare", &config(blue.addr, &shadows, mirrors, "")).await;
+    let client = http1_client();
+    for i in 0..5 {
+        let (status, _) = get(&client, &proxy.url(&format!("/item/{i}")), None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let (failing_view, different_view) = loop {
+        let (f, d) = (
+            mirror_view(&proxy, "failing").await,
+            mirror_view(&proxy, "different").await,
+        );
+        if f["mismatches"] == 5 && d["mismatches"] == 5 {
+            break (f, d);
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mismatches never counted: {f} {d}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    let samples = failing_view["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 5);
+    assert_eq!(
+        (
+            samples[0]["method"].as_str(),
+            samples[0]["primary_status"].as_u64(),
+            samples[0]["shadow_status"].as_u64()
+        ),
+        (Some("GET"), Some(200), Some(500))
+    );
+    assert!(samples.iter().any(|s| s["path"] == "/item/3"), "{samples:?}");
+    assert_eq!(different_view["samples"][0]["body_differs"], true);
+    let same_view = settled(&proxy, "same").await;
+    assert_eq!(
+        (same_view["sent"].as_u64(), same_view["mismatches"].as_u64()),
+        (Some(5), Some(0)),
+        "identical answers are no mismatch"
+    );
+    proxy.shutdown().await;
+}
