@@ -175,7 +175,9 @@ async fn send_copy(
             match sent {
                 Ok(Ok((response, lease))) => {
                     let status = response.status();
-                    let hashed = read_answer(response.into_body(), mirror.compare == Compare::Body).await;
+                    // A shadow that stalls mid-body must not hold its slot forever.
+                    let read = read_answer(response.into_body(), mirror.compare == Compare::Body);
+                    let hashed = tokio::time::timeout(limits.response_headers, read).await.ok().flatten();
                     drop(lease);
                     hashed.map(|(bytes, hash)| (status, bytes, hash))
                 }

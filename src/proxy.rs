@@ -115,7 +115,8 @@ impl Proxy {
         forward::remove_hop_by_hop(&mut parts.headers, upgrade);
         forward::set_forwarded(&mut parts.headers, client, host.as_ref());
         let client_version = parts.version;
-        let tee = if service.mirrors.is_empty() {
+        // An upgrade (WebSocket) is a conversation, not a request: it is never copied.
+        let tee = if service.mirrors.is_empty() || upgrade {
             None
         } else {
             mirror_request(service, &parts, &table, outcome)

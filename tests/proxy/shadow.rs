@@ -336,3 +336,78 @@ async fn mismatches_are_counted_and_sampled() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_stalls_mid_body_gives_its_slot_back() {
+    let blue = Upstream::named("blue").await;
+    let green = Upstream::start(|_| async {
+        let (tx, body) = channel_body(1);
+        tokio::spawn(async move {
+            let _ = tx.send(Frame::data("partial".into())).await;
+            // Hold the sender: the body never ends.
+            std::future::pending::<()>().await;
+        });
+        Response::new(body)
+    })
+    .await;
+    let mirrors = "      - { version: green, percent: 100, max_in_flight: 1 }";
+    let extra = "defaults: { timeouts: { response_headers: 300ms } }";
+    let proxy = start(
+        "shadow-stall",
+        &config(blue.addr, &[("green", green.addr)], mirrors, extra),
+    )
+    .await;
+    let client = http1_client();
+    assert_eq!(get(&client, &proxy.url("/"), None).await.0, StatusCode::OK);
+    // Regression: the stalled body held the only slot forever, so no copy was ever sent again.
+    settled(&proxy, "green").await;
+    assert_eq!(get(&client, &proxy.url("/"), None).await.0, StatusCode::OK);
+    wait_until("the second copy is sent", || green.hits() == 2).await;
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_are_never_mirrored() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let blue = Upstream::start(|mut request| async move {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let mut io = hyper_util::rt::TokioIo::new(upgraded);
+                let mut buf = [0u8; 16];
+                if let Ok(n) = io.read(&mut buf).await {
+                    let _ = io.write_all(&buf[..n]).await;
+                }
+            }
+        });
+        Response::builder()
+            .status(101)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .body(empty())
+            .expect("response")
+    })
+    .await;
+    let green = Upstream::named("green").await;
+    let proxy = start(
+        "shadow-upgrade",
+        &config(
+            blue.addr,
+            &[("green", green.addr)],
+            "      - { version: green, percent: 100 }",
+            "",
+        ),
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        .await
+        .expect("write");
+    let mut head = vec![0u8; 12];
+    within("101", stream.read_exact(&mut head)).await.expect("read");
+    assert_eq!(&head, b"HTTP/1.1 101");
+    let view = settled(&proxy, "green").await;
+    assert_eq!((view["sent"].as_u64(), green.hits()), (Some(0), 0), "{view}");
+    proxy.shutdown().await;
+}
