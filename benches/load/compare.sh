@@ -19,6 +19,10 @@
 #   SLUICE_B_BIN    path to a second sluice binary (A/B): started with the same config on its own
 #                   port and core, measured in every round after sluice, one more table row
 #   SLUICE_B_LABEL  name of that second binary in the report (default "sluice B")
+#   MIRROR_PERCENT          mirror this percent (0..100) of sluice's requests to a shadow version
+#   SLUICE_B_MIRROR_PERCENT the same for the B instance (needs SLUICE_B_BIN)
+#                   When either is set, one more nginx upstream (core 1, access log on) is the shadow;
+#                   the report says how many requests it received per mirroring instance.
 set -euo pipefail
 
 DURATION=${DURATION:-10}
@@ -31,6 +35,8 @@ KEEP_TMP=${KEEP_TMP:-0}
 SLUICE_BIN=${SLUICE_BIN:-}
 SLUICE_B_BIN=${SLUICE_B_BIN:-}
 SLUICE_B_LABEL=${SLUICE_B_LABEL:-sluice B}
+MIRROR_PERCENT=${MIRROR_PERCENT:-}
+SLUICE_B_MIRROR_PERCENT=${SLUICE_B_MIRROR_PERCENT:-}
 PROXY_CORE=0
 LOAD_CORE=1
 
@@ -46,6 +52,16 @@ case "$SCENARIO" in weighted|single) ;; *) die "SCENARIO must be weighted or sin
 [[ -z "$SLUICE_BIN" || -x "$SLUICE_BIN" ]] || die "SLUICE_BIN=$SLUICE_BIN is not an executable file"
 [[ -z "$SLUICE_B_BIN" || -x "$SLUICE_B_BIN" ]] || die "SLUICE_B_BIN=$SLUICE_B_BIN is not an executable file"
 [[ -n "$SLUICE_B_LABEL" ]] || die "SLUICE_B_LABEL must not be empty"
+check_percent() { # NAME VALUE: empty, or a number 0..100 (decimals allowed, as sluice's percent is a float)
+    [[ -z "$2" ]] && return 0
+    [[ "$2" =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk -v p="$2" 'BEGIN { exit !(p <= 100) }' \
+        || die "$1 must be a number from 0 to 100 (got '$2')"
+}
+check_percent MIRROR_PERCENT "$MIRROR_PERCENT"
+check_percent SLUICE_B_MIRROR_PERCENT "$SLUICE_B_MIRROR_PERCENT"
+[[ -z "$SLUICE_B_MIRROR_PERCENT" || -n "$SLUICE_B_BIN" ]] || die "SLUICE_B_MIRROR_PERCENT needs SLUICE_B_BIN"
+MIRROR=0
+[[ -n "$MIRROR_PERCENT" || -n "$SLUICE_B_MIRROR_PERCENT" ]] && MIRROR=1
 
 # ---------------------------------------------------------------- cleanup
 TMP=$(mktemp -d /tmp/sluice-compare.XXXXXX)
@@ -297,8 +313,11 @@ EOF
 
 free_port; UP1=$PORT
 free_port; UP2=$PORT
+# start_upstream NAME PORT BODY [ACCESS_LOG]: nginx returning 200 BODY; access log only if given
 start_upstream() {
-    local name=$1 port=$2 body=$3 dir=$TMP/$1
+    local name=$1 port=$2 body=$3 access=${4:-} dir=$TMP/$1 access_line=""
+    [[ -n "$access" ]] && access_line="
+        access_log $access;"
     mkdir -p "$dir"
     {
         nginx_common "$dir"
@@ -306,7 +325,7 @@ start_upstream() {
         nginx_http_common "$dir"
         cat <<EOF
     server {
-        listen 127.0.0.1:$port reuseport backlog=4096;
+        listen 127.0.0.1:$port reuseport backlog=4096;$access_line
         location / { default_type text/plain; return 200 "$body\n"; }
     }
 }
@@ -320,6 +339,30 @@ EOF
 }
 start_upstream up1 "$UP1" "up1"
 start_upstream up2 "$UP2" "up2"
+# shadow for mirroring: same as the others, but every request it gets is one line in its access log
+SHADOW_PORT=""
+SHADOW_LOG=$TMP/shadow.access.log
+if ((MIRROR)); then
+    free_port; SHADOW_PORT=$PORT
+    start_upstream shadow "$SHADOW_PORT" "shadow" "$SHADOW_LOG"
+fi
+shadow_lines() { if [[ -f "$SHADOW_LOG" ]]; then wc -l <"$SHADOW_LOG"; else echo 0; fi; }
+# shadow_settle: wait (<= 5 s) until the shadow's log stops growing (copies still in flight), sets SHADOW_NOW
+shadow_settle() {
+    local prev=-1 stable=0 i
+    for i in $(seq 1 50); do
+        SHADOW_NOW=$(shadow_lines)
+        if [[ "$SHADOW_NOW" == "$prev" ]]; then
+            stable=$((stable + 1))
+            ((stable < 3)) || return 0
+        else
+            stable=0
+        fi
+        prev=$SHADOW_NOW
+        sleep 0.1
+    done
+    log "WARNING: shadow access log still growing 5 s after the run"
+}
 
 # ---------------------------------------------------------------- proxies
 free_port; NGINX_PORT=$PORT
@@ -364,9 +407,10 @@ EOF
     log "nginx proxy on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, core $PROXY_CORE)"
 }
 
-# start_sluice NAME BINARY PORT TAG: config $TMP/TAG.yaml, logs $TMP/TAG.log, sets STARTED_PID
+# start_sluice NAME BINARY PORT TAG [MIRROR_PERCENT]: config $TMP/TAG.yaml, logs $TMP/TAG.log,
+# sets STARTED_PID; with a percent, version "shadow" (weight 0) gets that share mirrored to it
 start_sluice() {
-    local name=$1 bin=$2 port=$3 tag=$4 cfg=$TMP/$4.yaml versions routing pid
+    local name=$1 bin=$2 port=$3 tag=$4 mirror=${5:-} cfg=$TMP/$4.yaml versions routing mirror_cfg="" pid
     if [[ $SCENARIO == weighted ]]; then
         versions="      blue: { endpoints: [127.0.0.1:$UP1] }
       canary: { endpoints: [127.0.0.1:$UP2] }"
@@ -375,6 +419,13 @@ start_sluice() {
         versions="      blue: { endpoints: [127.0.0.1:$UP1] }"
         routing="    routing: { weights: { blue: 100 } }"
     fi
+    if [[ -n "$mirror" ]]; then
+        versions+="
+      shadow: { endpoints: [127.0.0.1:$SHADOW_PORT] }"
+        mirror_cfg="
+    mirror:
+      - { version: shadow, percent: $mirror }"
+    fi
     cat >"$cfg" <<EOF
 workers: 1
 listeners: [{ name: bench, address: 127.0.0.1:$port }]
@@ -382,7 +433,7 @@ services:
   - name: bench
     versions:
 $versions
-$routing
+$routing$mirror_cfg
 EOF
     taskset -c "$PROXY_CORE" "$bin" run -c "$cfg" >"$TMP/$tag.stdout.log" 2>"$TMP/$tag.log" &
     pid=$!
@@ -393,11 +444,11 @@ EOF
 }
 
 start_nginx_proxy
-start_sluice sluice "$SLUICE" "$SLUICE_PORT" sluice
+start_sluice sluice "$SLUICE" "$SLUICE_PORT" sluice "$MIRROR_PERCENT"
 SLUICE_PID=$STARTED_PID
 SLUICE_B_PID=""
 if [[ -n "$SLUICE_B_BIN" ]]; then
-    start_sluice "$SLUICE_B_LABEL" "$SLUICE_B_BIN" "$SLUICE_B_PORT" sluice-b
+    start_sluice "$SLUICE_B_LABEL" "$SLUICE_B_BIN" "$SLUICE_B_PORT" sluice-b "$SLUICE_B_MIRROR_PERCENT"
     SLUICE_B_PID=$STARTED_PID
 fi
 
@@ -485,6 +536,15 @@ record direct
 
 PROXIES=(nginx sluice)
 [[ -n "$SLUICE_B_BIN" ]] && PROXIES+=(sluice-b)
+# mirror percent per proxy label (only for the instances that mirror), and what the shadow got from each:
+# per measured run, the growth of the shadow's access log (settled) against wrk's request count
+declare -A MIRROR_OF=() SHADOW_GOT=() SHADOW_SERVED=()
+[[ -n "$MIRROR_PERCENT" ]] && MIRROR_OF[sluice]=$MIRROR_PERCENT
+[[ -n "$SLUICE_B_MIRROR_PERCENT" ]] && MIRROR_OF[sluice-b]=$SLUICE_B_MIRROR_PERCENT
+if ((MIRROR)); then
+    shadow_settle
+    log "shadow: $SHADOW_NOW requests before the measured rounds (start-up, split check, warm-up)"
+fi
 for r in $(seq 1 "$ROUNDS"); do
     for l in "${PROXIES[@]}"; do
         case $l in
@@ -492,9 +552,20 @@ for r in $(seq 1 "$ROUNDS"); do
             sluice) port=$SLUICE_PORT pid=$SLUICE_PID ;;
             sluice-b) port=$SLUICE_B_PORT pid=$SLUICE_B_PID ;;
         esac
+        shadow_note=""
+        if [[ -n "${MIRROR_OF[$l]:-}" ]]; then
+            shadow_settle
+            shadow_before=$SHADOW_NOW
+        fi
         run_wrk "$l" "http://127.0.0.1:$port/" "$DURATION" "$pid"
         record "$l"
-        log "round $r/$ROUNDS $l: $LAST_RPS req/s, $CPU_US CPU us/req, p99 $LAST_P99 ms ($LAST_REQS requests)"
+        if [[ -n "${MIRROR_OF[$l]:-}" ]]; then
+            shadow_settle
+            SHADOW_GOT[$l]=$((${SHADOW_GOT[$l]:-0} + SHADOW_NOW - shadow_before))
+            SHADOW_SERVED[$l]=$((${SHADOW_SERVED[$l]:-0} + LAST_REQS))
+            shadow_note=", shadow got $((SHADOW_NOW - shadow_before))"
+        fi
+        log "round $r/$ROUNDS $l: $LAST_RPS req/s, $CPU_US CPU us/req, p99 $LAST_P99 ms ($LAST_REQS requests$shadow_note)"
     done
 done
 
@@ -506,6 +577,12 @@ RSS[sluice]=$(hwm_kb "$SLUICE_PID")
 SLUICE_WARN=$(grep -ciE '\b(WARN|ERROR)\b' "$TMP/sluice.log" || true)
 SLUICE_B_WARN=0
 [[ -n "$SLUICE_B_BIN" ]] && SLUICE_B_WARN=$(grep -ciE '\b(WARN|ERROR)\b' "$TMP/sluice-b.log" || true)
+
+SHADOW_TOTAL=""
+if ((MIRROR)); then
+    shadow_settle
+    SHADOW_TOTAL=$SHADOW_NOW
+fi
 
 # ---------------------------------------------------------------- report
 fmt_rounds() { # LABEL
@@ -539,9 +616,18 @@ rel_diff() {
         printf "%s%s%%", (d < 0 && s + 0 > 0) ? "\342\210\222" : "+", s }'
 }
 
+# mirror_tag LABEL: " (mirror P%)" / " (no mirror)" when mirroring is in the run, else nothing
+mirror_tag() {
+    ((MIRROR)) || return 0
+    if [[ -n "${MIRROR_OF[$1]:-}" ]]; then echo " (mirror ${MIRROR_OF[$1]}%)"; else echo " (no mirror)"; fi
+}
 TABLE=$(
-    echo "### sluice vs NGINX$([[ -n "$SLUICE_B_BIN" ]] && echo " vs $SLUICE_B_LABEL"), scenario: $SCENARIO ($([[ $SCENARIO == weighted ]] && echo '90/10 over two upstreams' || echo 'one upstream'))"
+    echo "### sluice$(mirror_tag sluice) vs NGINX$([[ -n "$SLUICE_B_BIN" ]] && echo " vs $SLUICE_B_LABEL$(mirror_tag sluice-b)"), scenario: $SCENARIO ($([[ $SCENARIO == weighted ]] && echo '90/10 over two upstreams' || echo 'one upstream'))"
     echo
+    if ((MIRROR)); then
+        echo "Mirroring: sluice ${MIRROR_PERCENT:-none}$([[ -n "$MIRROR_PERCENT" ]] && echo %)$([[ -n "$SLUICE_B_BIN" ]] && echo ", $SLUICE_B_LABEL ${SLUICE_B_MIRROR_PERCENT:-none}$([[ -n "$SLUICE_B_MIRROR_PERCENT" ]] && echo %)") of requests copied to version \`shadow\` (weight 0), one more nginx \`return 200\` upstream on core $LOAD_CORE."
+        echo
+    fi
     echo "wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS interleaved round(s), medians; proxy on core $PROXY_CORE, wrk + upstreams on core $LOAD_CORE."
     echo "nginx $NGINX_VERSION, wrk $WRK_VERSION, sluice $SLUICE_REV, $(date -u +%Y-%m-%dT%H:%MZ), CLK_TCK=$CLK_TCK."
     [[ -n "$SLUICE_B_BIN" ]] && echo "$SLUICE_B_LABEL: $SLUICE_B_REV."
@@ -562,6 +648,15 @@ TABLE=$(
         echo "Split check (200 requests, up1/up2): NGINX ${SPLIT[nginx]}, sluice ${SPLIT[sluice]}. sluice log WARN/ERROR lines: $SLUICE_WARN."
     fi
     echo "NGINX peak RSS is the sum over master and worker."
+    if ((MIRROR)); then
+        echo
+        for l in sluice sluice-b; do
+            [[ -n "${MIRROR_OF[$l]:-}" ]] || continue
+            name=sluice; [[ $l == sluice-b ]] && name=$SLUICE_B_LABEL
+            echo "shadow received ${SHADOW_GOT[$l]} requests (instance with ${MIRROR_OF[$l]}% mirroring served ${SHADOW_SERVED[$l]}): $name, measured rounds, $(awk -v g="${SHADOW_GOT[$l]}" -v s="${SHADOW_SERVED[$l]}" 'BEGIN { if (s > 0) printf "%.1f%%", g / s * 100; else print "?" }') of its requests."
+        done
+        echo "Shadow access log over the whole run (start-up, split check and warm-up included): $SHADOW_TOTAL lines."
+    fi
 )
 
 echo
