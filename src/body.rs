@@ -25,6 +25,7 @@ pub struct Completion {
     failed: bool,
     bytes: u64,
     report: Option<(PrimaryReport, Option<BodyHash>)>,
+    ended: bool,
 }
 
 impl Completion {
@@ -51,6 +52,7 @@ impl Completion {
             failed: false,
             bytes: 0,
             report,
+            ended: false,
         }
     }
 }
@@ -70,7 +72,8 @@ impl Drop for Completion {
         if self.failed {
             self.metrics.upstream_error(ErrorKind::Reset);
         }
-        if let Some((report, hash)) = self.report.take() {
+        // Only a body that ended intact is compared; a cut-short one would look like a mismatch.
+        if let (Some((report, hash)), true, false) = (self.report.take(), self.ended, self.failed) {
             let _ = report.send(Some(PrimaryOutcome {
                 status: self.status,
                 body_hash: hash.map(BodyHash::finish),
@@ -114,7 +117,7 @@ impl Body for ResponseBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         match self.get_mut() {
             ResponseBody::Upstream { inner, completion, .. } => {
-                let polled = Pin::new(inner).poll_frame(cx);
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
                 if let Some(completion) = completion {
                     match &polled {
                         Poll::Ready(Some(Ok(frame))) => {
@@ -124,8 +127,11 @@ impl Body for ResponseBody {
                                     hash.update(data);
                                 }
                             }
+                            // hyper stops polling at a known length's last byte.
+                            completion.ended |= inner.is_end_stream();
                         }
                         Poll::Ready(Some(Err(_))) => completion.failed = true,
+                        Poll::Ready(None) => completion.ended = true,
                         _ => {}
                     }
                 }

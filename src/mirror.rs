@@ -40,7 +40,7 @@ pub type PrimaryReport = watch::Sender<Option<PrimaryOutcome>>;
 #[derive(Debug)]
 pub struct Plan {
     mirror: Arc<Mirror>,
-    _slot: InflightGuard,
+    slot: InflightGuard,
 }
 
 /// Picks the mirrors a request is copied to: each by its percent, and only while it has fewer
@@ -51,15 +51,13 @@ pub fn select(service: &Service) -> Vec<Plan> {
         if fastrand::f64() * 100.0 >= mirror.percent {
             continue;
         }
-        let slot = mirror.metrics.begin();
-        if mirror.metrics.inflight() > mirror.max_in_flight as i64 {
-            mirror.metrics.shadow_dropped(DropReason::MaxInFlight);
-            continue;
+        match mirror.metrics.try_begin(mirror.max_in_flight) {
+            Some(slot) => plans.push(Plan {
+                mirror: Arc::clone(mirror),
+                slot,
+            }),
+            None => mirror.metrics.shadow_dropped(DropReason::MaxInFlight),
         }
-        plans.push(Plan {
-            mirror: Arc::clone(mirror),
-            _slot: slot,
-        });
     }
     plans
 }
@@ -79,13 +77,13 @@ pub fn compares(plans: &[Plan]) -> Option<Compare> {
 }
 
 /// `app:8080` → `app-shadow:8080`; `[::1]:80` → `[::1]-shadow:80`.
-fn shadow_host(host: &str) -> String {
-    match host.rfind(':') {
-        Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) && !host[..i].ends_with(':') => {
-            format!("{}-shadow{}", &host[..i], &host[i..])
-        }
-        _ => format!("{host}-shadow"),
-    }
+fn shadow_host(host: &[u8]) -> Vec<u8> {
+    // On bytes, so a Host that is not UTF-8 still gets its suffix.
+    let split = match host.iter().rposition(|&b| b == b':') {
+        Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].ends_with(b":") => i,
+        _ => host.len(),
+    };
+    [&host[..split], b"-shadow", &host[split..]].concat()
 }
 
 /// Sends the copies in the background once `copy` (the teed body) is complete.
@@ -100,31 +98,29 @@ pub fn spawn(
     *head.method_mut() = parts.method.clone();
     *head.uri_mut() = parts.uri.clone();
     *head.headers_mut() = parts.headers.clone();
-    let host = parts.uri.authority().map(|a| a.as_str().to_owned()).or_else(|| {
-        parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-    });
-    let host = host.and_then(|h| HeaderValue::from_str(&shadow_host(&h)).ok());
+    let host = match parts.uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+    };
+    let host = host.and_then(|h| HeaderValue::from_bytes(&shadow_host(h)).ok());
     if let Some(host) = &host {
         head.headers_mut().insert(header::HOST, host.clone());
     }
     head.headers_mut()
         .insert(&X_SLUICE_SHADOW, HeaderValue::from_static("true"));
     tokio::spawn(async move {
-        let body = match copy.await {
-            Ok(Some(body)) => body,
-            Ok(None) => {
+        // A client that sends its body slowly must not hold the mirrors' slots for long.
+        let body = match tokio::time::timeout(limits.response_headers, copy).await {
+            Ok(Ok(Some(body))) => body,
+            Ok(Ok(None)) => {
                 return plans
                     .iter()
                     .for_each(|p| p.mirror.metrics.shadow_dropped(DropReason::MaxBody))
             }
-            Err(_) => {
+            Ok(Err(_)) | Err(_) => {
                 return plans
                     .iter()
-                    .for_each(|p| p.mirror.metrics.shadow_dropped(DropReason::Incomplete))
+                    .for_each(|p| p.mirror.metrics.shadow_dropped(DropReason::Incomplete));
             }
         };
         let sends = plans.into_iter().map(|plan| {
@@ -152,7 +148,7 @@ async fn send_copy(
     primary: Option<watch::Receiver<Option<PrimaryOutcome>>>,
     limits: Limits,
 ) {
-    let mirror = &plan.mirror;
+    let Plan { mirror, slot } = plan;
     if body.len() as u64 > mirror.max_body {
         mirror.metrics.shadow_dropped(DropReason::MaxBody);
         return;
@@ -186,10 +182,15 @@ async fn send_copy(
         }
         None => None,
     };
-    let (status, bytes, hash) = answer.unwrap_or((StatusCode::BAD_GATEWAY, 0, None));
+    // No answer (connect failure, timeout, stall) counts like the proxy's own 502 would.
+    let (status, bytes) = answer.map_or((StatusCode::BAD_GATEWAY, 0), |(status, bytes, _)| (status, bytes));
     mirror
         .metrics
         .record(Some(status), start.elapsed(), status.is_server_error(), bytes);
+    // The copy is done: free its slot before waiting for the primary to finish.
+    drop(slot);
+    // Compare only two real, complete answers (the primary reports only those).
+    let Some((_, _, hash)) = answer else { return };
 
     let Some(mut primary) = primary.filter(|_| mirror.compare != Compare::None) else {
         return;
@@ -260,14 +261,15 @@ mod tests {
 
     #[test]
     fn shadow_suffix_goes_before_the_port() {
-        let cases = [
-            ("app:8080", "app-shadow:8080"),
-            ("app", "app-shadow"),
-            ("[::1]:80", "[::1]-shadow:80"),
-            ("a.b.c", "a.b.c-shadow"),
+        let cases: [(&[u8], &[u8]); 5] = [
+            (b"app:8080", b"app-shadow:8080"),
+            (b"app", b"app-shadow"),
+            (b"[::1]:80", b"[::1]-shadow:80"),
+            (b"a.b.c", b"a.b.c-shadow"),
+            (b"caf\xe9.test", b"caf\xe9.test-shadow"),
         ];
         for (host, want) in cases {
-            assert_eq!(shadow_host(host), want, "{host}");
+            assert_eq!(shadow_host(host), want, "{host:?}");
         }
     }
 

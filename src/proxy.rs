@@ -18,7 +18,7 @@ use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::forward::{self, ClientInfo};
 use crate::metrics::{self, VersionMetrics};
-use crate::mirror::{self, BodyHash, PrimaryOutcome, PrimaryReport};
+use crate::mirror::{self, PrimaryReport};
 use crate::router;
 use crate::split;
 use crate::table::{Routing, RoutingTable, Service, Version};
@@ -52,17 +52,9 @@ impl Proxy {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!(%method, %error, source = ?error.source_side(), "request failed");
-                if let Some((report, hash)) = outcome.report.take() {
-                    let body_hash = hash.then(|| {
-                        let mut h = BodyHash::default();
-                        h.update(error.body().as_bytes());
-                        h.finish()
-                    });
-                    let _ = report.send(Some(PrimaryOutcome {
-                        status: error.status(),
-                        body_hash,
-                    }));
-                }
+                // The proxy's own answer is no upstream answer to compare a shadow with: dropping
+                // the report skips the comparison.
+                drop(outcome.report.take());
                 if let Some((metrics, _inflight)) = outcome.chosen.take() {
                     let (status, bytes) = (error.status(), error.body().len() as u64);
                     metrics.record(Some(status), outcome.start.elapsed(), status.is_server_error(), bytes);
@@ -114,6 +106,8 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         forward::remove_hop_by_hop(&mut parts.headers, upgrade);
         forward::set_forwarded(&mut parts.headers, client, host.as_ref());
+        // Only sluice marks copies: a client must not make the primary think it is a shadow.
+        parts.headers.remove(&mirror::X_SLUICE_SHADOW);
         let client_version = parts.version;
         // An upgrade (WebSocket) is a conversation, not a request: it is never copied.
         let tee = if service.mirrors.is_empty() || upgrade {

@@ -203,6 +203,14 @@ impl VersionMetrics {
         self.upstream_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Takes one of `max` slots (the in-flight count is the slot count), or `None` if all are
+    /// taken; one atomic add decides, so concurrent callers never overshoot or both fail.
+    pub fn try_begin(self: &Arc<Self>, max: usize) -> Option<InflightGuard> {
+        let before = self.inflight.fetch_add(1, Ordering::Relaxed);
+        let guard = InflightGuard(Arc::clone(self));
+        (before < max as i64).then_some(guard)
+    }
+
     /// Counts a request in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InflightGuard {
         self.inflight.fetch_add(1, Ordering::Relaxed);

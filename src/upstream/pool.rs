@@ -46,15 +46,17 @@ enum BodyKind {
     Buffered(Option<Bytes>),
 }
 
-/// A bounded copy of a request body taken while it streams to the primary. At the end of the
-/// body it hands over the copy (`Some`), or `None` if the body was larger than `limit`; if the
-/// body never ends, the receiver sees the sender dropped.
+/// A bounded copy of a request body taken while it streams to the primary. It hands over the
+/// copy (`Some`) when the body ends, or `None` the moment the body passes `limit`; if the body
+/// never ends, the receiver sees the sender dropped. The bytes are copied, so the copy holds
+/// only its own length, never the connection's read buffers.
 #[derive(Debug)]
 pub struct Tee {
-    chunks: Vec<Bytes>,
-    len: u64,
+    copy: bytes::BytesMut,
     limit: u64,
-    overflowed: bool,
+    /// The length the request declared, if any: the copy is complete once it has that much,
+    /// even if the end of the stream is never polled.
+    declared: Option<u64>,
     done: Option<tokio::sync::oneshot::Sender<Option<Bytes>>>,
 }
 
@@ -64,10 +66,9 @@ impl Tee {
         let (done, copy) = tokio::sync::oneshot::channel();
         (
             Self {
-                chunks: Vec::new(),
-                len: 0,
+                copy: bytes::BytesMut::new(),
                 limit,
-                overflowed: false,
+                declared: None,
                 done: Some(done),
             },
             copy,
@@ -75,26 +76,27 @@ impl Tee {
     }
 
     fn data(&mut self, data: &Bytes) {
-        if self.overflowed {
+        if self.done.is_none() {
             return;
         }
-        self.len += data.len() as u64;
-        if self.len > self.limit {
-            // Over the limit: stop copying and free what was kept; memory stays bounded.
-            self.overflowed = true;
-            self.chunks = Vec::new();
-        } else {
-            self.chunks.push(data.clone());
+        if self.copy.len() as u64 + data.len() as u64 > self.limit {
+            // Over the limit: give up the copy now, so the mirror's slot is freed at once.
+            self.copy = bytes::BytesMut::new();
+            if let Some(done) = self.done.take() {
+                let _ = done.send(None);
+            }
+            return;
+        }
+        self.copy.extend_from_slice(data);
+        if self.declared == Some(self.copy.len() as u64) {
+            self.finish();
         }
     }
 
     fn finish(&mut self) {
-        let Some(done) = self.done.take() else { return };
-        let copy = (!self.overflowed).then(|| match self.chunks.len() {
-            1 => self.chunks[0].clone(),
-            _ => Bytes::from(self.chunks.concat()),
-        });
-        let _ = done.send(copy);
+        if let Some(done) = self.done.take() {
+            let _ = done.send(Some(std::mem::take(&mut self.copy).freeze()));
+        }
     }
 }
 
@@ -106,6 +108,9 @@ impl RequestBody {
 
     /// Like [`RequestBody::new`], keeping a bounded copy in `tee`.
     pub fn teed(inner: Incoming, limit: u64, mut tee: Option<Tee>) -> Self {
+        if let Some(tee) = tee.as_mut() {
+            tee.declared = inner.size_hint().exact();
+        }
         if inner.is_end_stream() {
             // No body: hyper may never poll it, so hand over the (empty) copy now.
             if let Some(tee) = tee.as_mut() {

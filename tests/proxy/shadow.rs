@@ -411,3 +411,108 @@ async fn upgrades_are_never_mirrored() {
     assert_eq!((view["sent"].as_u64(), green.hits()), (Some(0), 0), "{view}");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_cannot_pass_off_a_request_as_a_shadow_copy() {
+    let seen: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+    let store = Arc::clone(&seen);
+    let blue = Upstream::start(move |request| {
+        store.lock().expect("lock").push(request.headers().clone());
+        async { Response::new(full("blue")) }
+    })
+    .await;
+    let green = Upstream::named("green").await;
+    let proxy = start(
+        "shadow-spoof",
+        &config(
+            blue.addr,
+            &[("green", green.addr)],
+            "      - { version: green, percent: 0 }",
+            "",
+        ),
+    )
+    .await;
+    let request = Request::get(proxy.url("/"))
+        .header("x-sluice-shadow", "true")
+        .body(empty())
+        .expect("request");
+    let (status, _, _) = send(&http1_client(), request).await;
+    assert_eq!(status, StatusCode::OK);
+    // Regression: the client's marker reached the primary unchanged.
+    assert!(seen.lock().expect("lock")[0].get("x-sluice-shadow").is_none());
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_slow_upload_frees_its_slot_at_once() {
+    let blue = Upstream::start(|request| async move {
+        let len = request
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes().len())
+            .unwrap_or(0);
+        Response::new(full(format!("got {len}")))
+    })
+    .await;
+    let green = Upstream::named("green").await;
+    let mirrors = "      - { version: green, percent: 100, max_body: 1KiB, max_in_flight: 1 }";
+    let proxy = start(
+        "shadow-slow-upload",
+        &config(blue.addr, &[("green", green.addr)], mirrors, ""),
+    )
+    .await;
+    let (tx, body) = channel_body(2);
+    let request = Request::post(proxy.url("/upload")).body(body).expect("request");
+    let client = http1_client();
+    let response = tokio::spawn(async move { send(&client, request).await });
+    tx.send(Frame::data(vec![b'x'; 2048].into()))
+        .await
+        .expect("chunk over max_body");
+    // Regression: the slot stayed taken until the client finished its upload, so one slow
+    // client stopped mirroring for everyone.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let view = mirror_view(&proxy, "green").await;
+        if view["in_flight"] == 0 && view["dropped"]["max_body"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "slot still held mid-upload: {view}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(get(&http1_client(), &proxy.url("/small"), None).await.0, StatusCode::OK);
+    wait_until("another request is mirrored meanwhile", || green.hits() == 1).await;
+    tx.send(Frame::data(vec![b'y'; 10].into())).await.expect("last chunk");
+    drop(tx);
+    let (status, _, body) = within("upload response", response).await.expect("client task");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"got 2058"[..]));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_not_compared() {
+    let (dead_primary, dead_shadow) = (dead_addr().await, dead_addr().await);
+    let mirrors = "      - { version: green, percent: 100, compare: body }";
+    let proxy = start(
+        "shadow-both-down",
+        &config(dead_primary, &[("green", dead_shadow)], mirrors, ""),
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            get(&http1_client(), &proxy.url("/"), None).await.0,
+            StatusCode::BAD_GATEWAY
+        );
+    }
+    let view = settled(&proxy, "green").await;
+    // Regression: the proxy's own 502 was compared with a failed copy and counted as a mismatch.
+    assert_eq!(
+        (view["sent"].as_u64(), view["mismatches"].as_u64()),
+        (Some(3), Some(0)),
+        "{view}"
+    );
+    proxy.shutdown().await;
+}

@@ -164,10 +164,15 @@ impl Upstream {
     }
 }
 
-/// An address where nothing listens (bound, then closed).
+/// An address where nothing listens. The port stays bound (without listening) for the rest of
+/// the test run, so connects are refused and no other socket, such as a proxy's own listener,
+/// can be given the port. (Binding and closing it let the OS hand it out again.)
 pub async fn dead_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("addr")
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    std::mem::forget(socket);
+    addr
 }
 
 /// A running proxy.
