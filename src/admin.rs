@@ -322,17 +322,15 @@ fn stats_view(service: &Service) -> Value {
 
 /// A service as the API shows it.
 pub fn service_view(control: &Control, service: &Service) -> Value {
-    let total: u64 = service.weights().map(|(_, w)| w).sum();
     let versions: Vec<Value> = service
         .versions
         .iter()
-        .zip(service.weights())
-        .map(|(version, (_, weight))| {
-            let share = if total == 0 { 0.0 } else { weight as f64 * 100.0 / total as f64 };
+        .zip(service.weights().zip(service.shares()))
+        .map(|(version, ((_, weight), (_, share)))| {
             let endpoints: Vec<Value> = version
                 .endpoints
                 .iter()
-                .map(|e| json!({ "address": &*e.label, "healthy": true, "inflight": e.inflight() }))
+                .map(|e| json!({ "address": &*e.label, "healthy": e.is_healthy(), "inflight": e.inflight() }))
                 .collect();
             let protocol = match version.protocol {
                 Protocol::Http1 => "http1",

@@ -85,6 +85,7 @@ struct Inner {
 /// The control plane. Cheap to share: hold it in an `Arc`.
 pub struct Control {
     routing: Arc<Routing>,
+    health: std::sync::OnceLock<crate::health::HealthChecks>,
     inner: Mutex<Inner>,
     store: Option<StateStore>,
     config_path: Option<PathBuf>,
@@ -137,6 +138,7 @@ impl Control {
         };
         let control = Self {
             routing,
+            health: std::sync::OnceLock::new(),
             inner: Mutex::new(inner),
             store,
             config_path,
@@ -164,6 +166,53 @@ impl Control {
     /// the history. `spec_changed` names services whose configuration changed; services whose
     /// weights changed are added. If persisting fails nothing is published and the caller
     /// must undo its change to `inner`.
+    /// Starts the health checkers of the configured endpoints, on the current runtime; every
+    /// change of an endpoint's health then publishes a new table (cause `health`).
+    pub fn start_health_checks(self: &Arc<Self>) {
+        let (changes, mut receiver) = tokio::sync::mpsc::unbounded_channel();
+        let checks = crate::health::HealthChecks::new(tokio::runtime::Handle::current(), changes);
+        checks.sync(&self.lock().config, self.routing.registries());
+        if self.health.set(checks).is_err() {
+            return;
+        }
+        let control = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(batch) = crate::health::next_batch(&mut receiver).await {
+                let Some(control) = control.upgrade() else { return };
+                let _ = tokio::task::spawn_blocking(move || control.health_changed(&batch)).await;
+            }
+        });
+    }
+
+    /// Publishes a table that reflects endpoints' new health.
+    fn health_changed(&self, batch: &[crate::health::Change]) {
+        let mut inner = self.lock();
+        let affected: Vec<String> = inner
+            .config
+            .services
+            .iter()
+            .filter(|s| {
+                s.versions
+                    .iter()
+                    .flat_map(|v| &v.endpoints)
+                    .any(|a| batch.iter().any(|c| *c.endpoint == a.to_string()))
+            })
+            .map(|s| s.name.clone())
+            .collect();
+        let what: Vec<String> = batch
+            .iter()
+            .map(|c| format!("{} {}", c.endpoint, if c.healthy { "up" } else { "down" }))
+            .collect();
+        if let Err(error) = self.commit(
+            &mut inner,
+            Cause::Health,
+            format!("health: {}", what.join(", ")),
+            affected,
+        ) {
+            tracing::error!(%error, "cannot publish the health change");
+        }
+    }
+
     fn commit(
         &self,
         inner: &mut Inner,
@@ -172,6 +221,14 @@ impl Control {
         spec_changed: Vec<String>,
     ) -> Result<u64, ControlError> {
         let revision = inner.revision + 1;
+        let mut spec_changed = spec_changed;
+        if let Some(health) = self.health.get() {
+            // Endpoints no longer checked come back; their services change.
+            if health.sync(&inner.config, self.routing.registries()) {
+                spec_changed.extend(inner.config.services.iter().map(|s| s.name.clone()));
+                spec_changed.dedup();
+            }
+        }
         let table = RoutingTable::build(
             &inner.config,
             &inner.overrides,

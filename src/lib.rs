@@ -16,6 +16,7 @@
 //! Around it:
 //! - [`config`]: the YAML file, its raw serde types and `compile`, which reports every error.
 //! - [`table`]: the immutable routing table and the `ArcSwap` that publishes it.
+//! - [`health`]: active health checks; a change of health publishes a new table.
 //! - [`control`]: the only writer of the table: overrides, revisions, history, reload.
 //! - [`state`]: what survives a restart, in `state_dir`.
 //! - [`reload`]: the config file watcher and SIGHUP.
@@ -29,6 +30,7 @@ pub mod control;
 pub mod ctl;
 pub mod error;
 pub mod forward;
+pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod mirror;

@@ -123,6 +123,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         let control = Arc::new(
             Control::start(config, Some(text), Some(path.to_owned())).context("cannot start the control plane")?,
         );
+        control.start_health_checks();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if let Some(address) = admin_address {
             let admin = tokio::net::TcpListener::bind(address)

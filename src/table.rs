@@ -24,6 +24,8 @@ pub enum Cause {
     Config,
     /// An operator changed weights through the admin API.
     Admin,
+    /// An endpoint's health changed.
+    Health,
 }
 
 impl Cause {
@@ -32,6 +34,7 @@ impl Cause {
         match self {
             Cause::Config => "config",
             Cause::Admin => "admin",
+            Cause::Health => "health",
         }
     }
 }
@@ -66,8 +69,11 @@ pub struct Service {
     pub expose_version: bool,
     /// Versions in file order.
     pub versions: Vec<Version>,
-    /// Weighted choice over `versions`.
+    /// Weighted choice over `versions`, by effective weight (0 for a version with no healthy
+    /// endpoint).
     pub split: Split,
+    /// Each version's configured weight (file or override), before health.
+    pub configured: Vec<u64>,
     /// Header and cookie rules, first match wins.
     pub rules: Vec<crate::config::RuleSpec>,
     /// Sticky sessions, if configured.
@@ -147,7 +153,23 @@ impl Service {
             Some(weights) => weights.get(&v.name).copied().unwrap_or(0),
             None => v.weight,
         };
-        let split = Split::new(spec.versions.iter().map(weight_of));
+        let endpoints: Vec<Vec<Arc<Endpoint>>> = spec
+            .versions
+            .iter()
+            .map(|v| {
+                v.endpoints
+                    .iter()
+                    .map(|a| registries.upstreams.endpoint(a, v.protocol))
+                    .collect()
+            })
+            .collect();
+        let configured: Vec<u32> = spec.versions.iter().map(weight_of).collect();
+        // A version with no healthy endpoint gets nothing; its share goes to the others.
+        let effective = configured
+            .iter()
+            .zip(&endpoints)
+            .map(|(&w, e)| if e.iter().any(|e| e.is_healthy()) { w } else { 0 });
+        let split = Split::new(effective);
         let versions = spec
             .versions
             .iter()
@@ -160,11 +182,7 @@ impl Service {
                     // Validated names are header-safe; the fallback is never used.
                     header: HeaderValue::from_str(&v.name).unwrap_or(HeaderValue::from_static("invalid")),
                     protocol: v.protocol,
-                    endpoints: v
-                        .endpoints
-                        .iter()
-                        .map(|a| registries.upstreams.endpoint(a, v.protocol))
-                        .collect(),
+                    endpoints: endpoints[i].clone(),
                     sticky_valid: split.weight(i) > 0,
                     set_cookie: spec
                         .sticky
@@ -191,6 +209,7 @@ impl Service {
             })
             .collect();
         Service {
+            configured: configured.into_iter().map(u64::from).collect(),
             name: service_name,
             hosts: spec.hosts.clone(),
             path_prefix: spec.path_prefix.clone(),
@@ -203,12 +222,22 @@ impl Service {
         }
     }
 
-    /// Each version's weight in this table, in version order.
+    /// Each version's configured weight (file or override), in version order.
     pub fn weights(&self) -> impl Iterator<Item = (&str, u64)> + '_ {
-        self.versions
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (&*v.name, self.split.weight(i)))
+        self.versions.iter().zip(&self.configured).map(|(v, &w)| (&*v.name, w))
+    }
+
+    /// Each version's effective share in percent, after health.
+    pub fn shares(&self) -> impl Iterator<Item = (&str, f64)> + '_ {
+        let total = self.split.total();
+        self.versions.iter().enumerate().map(move |(i, v)| {
+            let share = if total == 0 {
+                0.0
+            } else {
+                self.split.weight(i) as f64 * 100.0 / total as f64
+            };
+            (&*v.name, share)
+        })
     }
 }
 

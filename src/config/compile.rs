@@ -264,11 +264,16 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
                 Err(e) => errors.push(format!("{vat}.endpoints[{k}]"), e),
             }
         }
+        let health_check = version
+            .health_check
+            .as_ref()
+            .and_then(|h| super::routing::compile_health_check(&vat, h, errors));
         versions.push(VersionSpec {
             name: name.clone(),
             protocol,
             endpoints,
             weight: 0,
+            health_check,
         });
     }
 

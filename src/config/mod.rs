@@ -33,6 +33,16 @@ pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
 pub const DEFAULT_MIRROR_MAX_BODY: u64 = 64 << 10;
 /// Default shadow requests in flight per mirror.
 pub const DEFAULT_MIRROR_MAX_IN_FLIGHT: usize = 64;
+/// Default health-check path.
+pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
+/// Default time between health checks.
+pub const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+/// Default time one health check may take.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default successes in a row to bring an endpoint back.
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
+/// Default failures in a row to take an endpoint out.
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
 /// Default sticky cookie lifetime: a working session.
 pub const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(3600);
 
@@ -231,6 +241,24 @@ pub struct VersionSpec {
     pub endpoints: Vec<EndpointAddr>,
     /// Routing weight (0: no traffic).
     pub weight: u32,
+    /// Active health checks of each endpoint.
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+/// Active health checks: `GET path` every `interval`; `unhealthy` failures in a row take an
+/// endpoint out, `healthy` successes in a row bring it back.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheckSpec {
+    /// Path (and query) to GET.
+    pub path: http::uri::PathAndQuery,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time one check may take.
+    pub timeout: Duration,
+    /// Successes in a row to come back.
+    pub healthy: u32,
+    /// Failures in a row to go out.
+    pub unhealthy: u32,
 }
 
 /// One validation problem: where, and what to do.

@@ -144,6 +144,24 @@ pub struct RawVersion {
     pub endpoints: Vec<String>,
     /// `http1` (default) or `http2` (h2c, prior knowledge).
     pub protocol: Option<String>,
+    /// Active health checks of each endpoint.
+    pub health_check: Option<RawHealthCheck>,
+}
+
+/// `services[i].versions.NAME.health_check`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    /// Path to GET; a 2xx answer is a success.
+    pub path: Option<String>,
+    /// Time between checks, e.g. `2s`.
+    pub interval: Option<String>,
+    /// Time a check may take, e.g. `500ms`.
+    pub timeout: Option<String>,
+    /// Successes in a row that make a down endpoint healthy.
+    pub healthy: Option<u32>,
+    /// Failures in a row that take an endpoint out.
+    pub unhealthy: Option<u32>,
 }
 
 /// `services[i].routing`.

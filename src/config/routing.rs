@@ -3,9 +3,11 @@
 use http::{HeaderName, HeaderValue};
 
 use super::compile::Errors;
-use super::raw::RawMirror;
+use super::raw::{RawHealthCheck, RawMirror};
 use super::raw::{RawRule, RawSticky};
 use super::{units, Compare, KeySource, MirrorSpec, RuleMatch, RuleSpec, StickySpec, DEFAULT_STICKY_TTL};
+use super::{HealthCheckSpec, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH};
+use super::{DEFAULT_HEALTH_TIMEOUT, DEFAULT_UNHEALTHY_THRESHOLD};
 use super::{DEFAULT_MIRROR_MAX_BODY, DEFAULT_MIRROR_MAX_IN_FLIGHT};
 
 /// Most shadow requests in flight a mirror may allow.
@@ -226,6 +228,66 @@ pub(super) fn compile_sticky(at: &str, raw: &RawSticky, errors: &mut Errors) -> 
     })
 }
 
+/// Most successes or failures in a row a threshold may ask for.
+const MAX_HEALTH_THRESHOLD: u32 = 100;
+
+/// Checks a version's `health_check`.
+pub(super) fn compile_health_check(vat: &str, raw: &RawHealthCheck, errors: &mut Errors) -> Option<HealthCheckSpec> {
+    let hat = format!("{vat}.health_check");
+    let before = errors.0.len();
+    let path_text = raw.path.as_deref().unwrap_or(DEFAULT_HEALTH_PATH);
+    let path = match http::uri::PathAndQuery::try_from(path_text) {
+        Ok(path) if path_text.starts_with('/') => Some(path),
+        _ => {
+            errors.push(
+                format!("{hat}.path"),
+                format!("\"{path_text}\" is not a path: write e.g. \"/healthz\""),
+            );
+            None
+        }
+    };
+    let mut duration = |name: &str, text: Option<&str>, default: std::time::Duration| match text.map(units::duration) {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            errors.push(format!("{hat}.{name}"), "must be greater than zero");
+            default
+        }
+        Some(Err(e)) => {
+            errors.push(format!("{hat}.{name}"), e);
+            default
+        }
+    };
+    let interval = duration("interval", raw.interval.as_deref(), DEFAULT_HEALTH_INTERVAL);
+    let timeout = duration("timeout", raw.timeout.as_deref(), DEFAULT_HEALTH_TIMEOUT);
+    let mut threshold = |name: &str, value: Option<u32>, default: u32| {
+        let value = value.unwrap_or(default);
+        if value == 0 || value > MAX_HEALTH_THRESHOLD {
+            errors.push(
+                format!("{hat}.{name}"),
+                format!("{value} is out of range: use 1 to {MAX_HEALTH_THRESHOLD}"),
+            );
+        }
+        value
+    };
+    let healthy = threshold("healthy", raw.healthy, DEFAULT_HEALTHY_THRESHOLD);
+    let unhealthy = threshold("unhealthy", raw.unhealthy, DEFAULT_UNHEALTHY_THRESHOLD);
+    if timeout > interval {
+        errors.push(
+            format!("{hat}.timeout"),
+            format!("{timeout:?} is longer than the interval {interval:?}: checks would overlap"),
+        );
+    }
+    let path = path?;
+    (errors.0.len() == before).then_some(HealthCheckSpec {
+        path,
+        interval,
+        timeout,
+        healthy,
+        unhealthy,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{parse, KeySource, RuleMatch};
@@ -296,6 +358,40 @@ mod tests {
             "services[0].routing.sticky.cookie: \"\" is not a valid cookie name",
             "services[0].routing.sticky.hash_key: \"query:id\" is not a key",
             "services[0].routing.sticky.ttl: must be at least 1s",
+        ];
+        for want in expected {
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn health_checks_compile_with_defaults_and_report_errors() {
+        let ok = "listeners: [{ name: p, address: 127.0.0.1:0 }]\nservices:\n  - name: s\n    versions: { blue: { endpoints: [127.0.0.1:1], health_check: { interval: 2s } } }\n";
+        let config = parse(ok).unwrap_or_else(|e| panic!("{e}"));
+        let check = config.services[0].versions[0]
+            .health_check
+            .clone()
+            .expect("health check");
+        assert_eq!(
+            (check.path.as_str(), check.interval.as_secs(), check.timeout.as_secs()),
+            ("/healthz", 2, 1)
+        );
+        assert_eq!((check.healthy, check.unhealthy), (2, 3));
+        let bad = "listeners: [{ name: p, address: 127.0.0.1:0 }]\nservices:\n  - name: s\n    versions: { blue: { endpoints: [127.0.0.1:1], health_check: { path: healthz, interval: 1s, timeout: 2s, healthy: 0 } } }\n";
+        let errors: Vec<String> = parse(bad)
+            .expect_err("invalid")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let expected = [
+            "services[0].versions.blue.health_check.path: \"healthz\" is not a path",
+            "services[0].versions.blue.health_check.healthy: 0 is out of range",
+            "services[0].versions.blue.health_check.timeout: 2s is longer than the interval 1s",
         ];
         for want in expected {
             assert!(

@@ -198,13 +198,7 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
 /// Route weights and endpoint health, read from the table in force.
 fn header_less_table(out: &mut String, table: &RoutingTable) {
     for service in &table.services {
-        let total: u64 = service.weights().map(|(_, w)| w).sum();
-        for (version, weight) in service.weights() {
-            let share = if total == 0 {
-                0.0
-            } else {
-                weight as f64 * 100.0 / total as f64
-            };
+        for (version, share) in service.shares() {
             let _ = writeln!(
                 out,
                 "sluice_route_weight{{service=\"{}\",version=\"{}\"}} {share}",
@@ -217,17 +211,18 @@ fn header_less_table(out: &mut String, table: &RoutingTable) {
         out,
         "sluice_endpoint_healthy",
         "gauge",
-        "1 if the endpoint may receive traffic (health checks are not built yet: always 1).",
+        "1 if the endpoint may receive traffic, 0 while health checks hold it out.",
     );
     for service in &table.services {
         for version in &service.versions {
             for endpoint in &version.endpoints {
                 let _ = writeln!(
                     out,
-                    "sluice_endpoint_healthy{{service=\"{}\",version=\"{}\",endpoint=\"{}\"}} 1",
+                    "sluice_endpoint_healthy{{service=\"{}\",version=\"{}\",endpoint=\"{}\"}} {}",
                     escape(&service.name),
                     escape(&version.name),
-                    escape(&endpoint.label)
+                    escape(&endpoint.label),
+                    u8::from(endpoint.is_healthy())
                 );
             }
         }

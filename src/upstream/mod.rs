@@ -27,6 +27,8 @@ pub struct Endpoint {
     protocol: Protocol,
     /// Requests sent here whose response has not finished: the load P2C compares.
     inflight: AtomicUsize,
+    /// Whether health checks let this endpoint take traffic (endpoints start healthy).
+    healthy: std::sync::atomic::AtomicBool,
     pool: Pool,
 }
 
@@ -42,8 +44,19 @@ impl Endpoint {
             authority,
             protocol,
             inflight: AtomicUsize::new(0),
+            healthy: std::sync::atomic::AtomicBool::new(true),
             pool: Pool::new(protocol),
         }
+    }
+
+    /// Whether the endpoint may take traffic.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Marks the endpoint up or down; returns whether that changed anything.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
     /// Requests in flight to this endpoint.
@@ -129,10 +142,10 @@ impl Upstreams {
     }
 }
 
-/// Power of two choices: of two distinct random endpoints, the one with fewer requests in
-/// flight. `exclude` (an endpoint that just failed to connect) is never chosen.
+/// Power of two choices: of two distinct random healthy endpoints, the one with fewer requests
+/// in flight. `exclude` (an endpoint that just failed to connect) is never chosen.
 pub fn pick<'a>(endpoints: &'a [Arc<Endpoint>], exclude: Option<&Arc<Endpoint>>) -> Option<&'a Arc<Endpoint>> {
-    let allowed = |e: &&Arc<Endpoint>| exclude.is_none_or(|x| !Arc::ptr_eq(e, x));
+    let allowed = |e: &&Arc<Endpoint>| e.is_healthy() && exclude.is_none_or(|x| !Arc::ptr_eq(e, x));
     let count = endpoints.iter().filter(allowed).count();
     let nth = |n: usize| endpoints.iter().filter(allowed).nth(n);
     match count {

@@ -5,6 +5,7 @@ mod admin;
 mod failures;
 mod h2;
 mod headers;
+mod health;
 mod hostile;
 mod metrics;
 mod pooling;

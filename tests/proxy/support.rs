@@ -341,6 +341,7 @@ pub async fn controlled(path: &std::path::Path, options: Options) -> Controlled 
     );
     let control =
         Arc::new(sluice::control::Control::start(config, Some(text), Some(path.to_owned())).expect("control"));
+    control.start_health_checks();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
