@@ -330,7 +330,7 @@ pub fn service_view(control: &Control, service: &Service) -> Value {
             let endpoints: Vec<Value> = version
                 .endpoints
                 .iter()
-                .map(|e| json!({ "address": &*e.label, "healthy": e.is_healthy(), "inflight": e.inflight() }))
+                .map(|e| json!({ "address": &*e.label, "healthy": e.is_healthy(), "ejected": e.is_ejected(), "ejections": e.ejections(), "inflight": e.inflight() }))
                 .collect();
             let protocol = match version.protocol {
                 Protocol::Http1 => "http1",

@@ -169,8 +169,11 @@ impl Control {
     /// Starts the health checkers of the configured endpoints, on the current runtime; every
     /// change of an endpoint's health then publishes a new table (cause `health`).
     pub fn start_health_checks(self: &Arc<Self>) {
-        let (changes, mut receiver) = tokio::sync::mpsc::unbounded_channel();
-        let checks = crate::health::HealthChecks::new(tokio::runtime::Handle::current(), changes);
+        let events = &self.routing.registries().health_events;
+        let Some(mut receiver) = events.take_receiver() else {
+            return;
+        };
+        let checks = crate::health::HealthChecks::new(tokio::runtime::Handle::current(), events.sender());
         checks.sync(&self.lock().config, self.routing.registries());
         if self.health.set(checks).is_err() {
             return;
@@ -199,10 +202,7 @@ impl Control {
             })
             .map(|s| s.name.clone())
             .collect();
-        let what: Vec<String> = batch
-            .iter()
-            .map(|c| format!("{} {}", c.endpoint, if c.healthy { "up" } else { "down" }))
-            .collect();
+        let what: Vec<String> = batch.iter().map(|c| format!("{} {}", c.endpoint, c.what)).collect();
         if let Err(error) = self.commit(
             &mut inner,
             Cause::Health,

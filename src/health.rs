@@ -21,8 +21,86 @@ use crate::upstream::Endpoint;
 pub struct Change {
     /// The endpoint, `host:port`.
     pub endpoint: Arc<str>,
-    /// Its new state.
-    pub healthy: bool,
+    /// What happened, for the history: `down`, `up`, `ejected for 30s`, `back from ejection`.
+    pub what: String,
+}
+
+/// Longest ejection, as a multiple of the first: doubling stops there.
+const MAX_EJECTION_FACTOR: u32 = 64;
+
+/// The channel health changes travel on, from checkers and the request path to the control
+/// plane. Unbounded, but a sender only sends on a change of state, which is rare.
+#[derive(Debug)]
+pub struct Events {
+    sender: mpsc::UnboundedSender<Change>,
+    receiver: Mutex<Option<mpsc::UnboundedReceiver<Change>>>,
+}
+
+impl Default for Events {
+    fn default() -> Self {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        Self {
+            sender,
+            receiver: Mutex::new(Some(receiver)),
+        }
+    }
+}
+
+impl Events {
+    /// The receiving end, once.
+    pub fn take_receiver(&self) -> Option<mpsc::UnboundedReceiver<Change>> {
+        self.receiver
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take()
+    }
+
+    /// A sender.
+    pub fn sender(&self) -> mpsc::UnboundedSender<Change> {
+        self.sender.clone()
+    }
+}
+
+/// Passive outlier detection, on the request path: records whether a request to `endpoint`
+/// failed (connect, timeout, reset, 5xx). `consecutive_failures` in a row eject it, unless that
+/// would put more than `max_ejected_percent` of `version` out; the ejection lasts
+/// `ejection × 2^(ejections so far)` (capped), then the endpoint comes back by itself.
+pub fn observe(
+    endpoint: &Arc<Endpoint>,
+    version: &[Arc<Endpoint>],
+    spec: &crate::config::OutlierSpec,
+    failed: bool,
+    events: &Events,
+) {
+    if !failed {
+        endpoint.reset_failures();
+        return;
+    }
+    if endpoint.record_failure() < spec.consecutive_failures || endpoint.is_ejected() {
+        return;
+    }
+    let ejected = version.iter().filter(|e| e.is_ejected()).count();
+    let allowed = version.len() * spec.max_ejected_percent as usize / 100;
+    if ejected >= allowed {
+        return;
+    }
+    let Some(repeat) = endpoint.eject() else { return };
+    let duration = spec.ejection * (1u32 << repeat.min(MAX_EJECTION_FACTOR.trailing_zeros()));
+    let label = Arc::clone(&endpoint.label);
+    let what = format!("ejected for {}", humantime::format_duration(duration));
+    let _ = events.sender.send(Change {
+        endpoint: Arc::clone(&label),
+        what,
+    });
+    let (endpoint, sender) = (Arc::clone(endpoint), events.sender());
+    tokio::spawn(async move {
+        tokio::time::sleep(duration).await;
+        endpoint.readmit();
+        let _ = sender.send(Change {
+            endpoint: label,
+            what: "back from ejection".to_owned(),
+        });
+    });
 }
 
 type Key = (EndpointAddr, Protocol, HealthCheckSpec);
@@ -103,7 +181,7 @@ async fn check_loop(endpoint: Arc<Endpoint>, spec: HealthCheckSpec, changes: mps
         } else {
             (successes, failures) = (0, failures.saturating_add(1));
         }
-        let verdict = match (endpoint.is_healthy(), ok) {
+        let verdict = match (endpoint.check_passes(), ok) {
             (true, false) if failures >= spec.unhealthy => Some(false),
             (false, true) if successes >= spec.healthy => Some(true),
             _ => None,
@@ -114,7 +192,7 @@ async fn check_loop(endpoint: Arc<Endpoint>, spec: HealthCheckSpec, changes: mps
                 if changes
                     .send(Change {
                         endpoint: Arc::clone(&endpoint.label),
-                        healthy,
+                        what: if healthy { "up" } else { "down" }.to_owned(),
                     })
                     .is_err()
                 {

@@ -117,7 +117,17 @@ impl Proxy {
         };
         let outgoing = Request::from_parts(parts, RequestBody::teed(body, limit, tee));
 
-        let (mut response, lease, endpoint) = send_with_retry(&table, version, outgoing, host).await?;
+        let (mut response, lease, endpoint) = send_with_retry(
+            &table,
+            version,
+            outgoing,
+            host,
+            service
+                .outlier_detection
+                .as_ref()
+                .map(|spec| (spec, &self.routing.registries().health_events)),
+        )
+        .await?;
 
         if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
@@ -243,8 +253,15 @@ async fn send_with_retry(
     version: &Version,
     mut request: Request<RequestBody>,
     host: Option<HeaderValue>,
+    outlier: Option<(&crate::config::OutlierSpec, &crate::health::Events)>,
 ) -> Result<(Response<Incoming>, upstream::Lease, Arc<Endpoint>), ProxyError> {
     let limits = &table.limits;
+    // Passive outlier detection sees every attempt's outcome.
+    let observe = |endpoint: &Arc<Endpoint>, failed: bool| {
+        if let Some((spec, events)) = outlier {
+            crate::health::observe(endpoint, &version.endpoints, spec, failed, events);
+        }
+    };
     let no_version = || ProxyError::NoVersion(version.name.clone());
     let mut endpoint = Arc::clone(upstream::pick(&version.endpoints, None).ok_or_else(no_version)?);
     let deadline = tokio::time::Instant::now() + limits.response_headers;
@@ -257,10 +274,22 @@ async fn send_with_retry(
         target_request(&mut request, &endpoint, host.as_ref());
         let sent = tokio::time::timeout_at(deadline, Endpoint::send(endpoint.begin(), request, limits)).await;
         let failure = match sent {
-            Err(_) => return Err(timeout(&endpoint)),
-            Ok(Ok((response, lease))) => return Ok((response, lease, endpoint)),
+            Err(_) => {
+                observe(&endpoint, true);
+                return Err(timeout(&endpoint));
+            }
+            Ok(Ok((response, lease))) => {
+                observe(&endpoint, response.status().is_server_error());
+                return Ok((response, lease, endpoint));
+            }
             Ok(Err(failure)) => failure,
         };
+        // A body over the limit is the client's doing, not the endpoint's.
+        let endpoint_failed = match &failure.kind {
+            upstream::FailureKind::Reset(cause) => !upstream::is_body_too_large(cause),
+            upstream::FailureKind::Connect(_) => true,
+        };
+        observe(&endpoint, endpoint_failed);
         let retryable = matches!(failure.kind, upstream::FailureKind::Connect(_)) && attempt == 0;
         let next = retryable
             .then(|| upstream::pick(&version.endpoints, Some(&endpoint)))

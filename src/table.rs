@@ -80,6 +80,8 @@ pub struct Service {
     pub sticky: Option<crate::config::StickySpec>,
     /// Shadow versions that get copies of requests.
     pub mirrors: Vec<Arc<Mirror>>,
+    /// Passive outlier detection, if configured.
+    pub outlier_detection: Option<crate::config::OutlierSpec>,
 }
 
 /// A compiled mirror: where copies go and how many may be in flight.
@@ -219,6 +221,7 @@ impl Service {
             rules: spec.rules.clone(),
             sticky: spec.sticky.clone(),
             mirrors,
+            outlier_detection: spec.outlier_detection.clone(),
         }
     }
 
@@ -255,6 +258,8 @@ pub struct Registries {
     pub upstreams: Upstreams,
     /// Metrics by service, version and role.
     pub metrics: Arc<Metrics>,
+    /// Health changes, from checkers and outlier detection to the control plane.
+    pub health_events: crate::health::Events,
 }
 
 impl Routing {

@@ -304,6 +304,10 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
         .as_ref()
         .and_then(|s| super::routing::compile_sticky(&at, s, errors));
     let mirrors = super::routing::compile_mirrors(&at, &raw.mirror, &names, errors);
+    let outlier_detection = raw
+        .outlier_detection
+        .as_ref()
+        .and_then(|o| super::routing::compile_outlier_detection(&at, o, errors));
 
     (errors.0.len() == before).then(|| ServiceSpec {
         name: raw.name.clone(),
@@ -314,6 +318,7 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
         rules,
         sticky,
         mirrors,
+        outlier_detection,
     })
 }
 
@@ -388,12 +393,12 @@ services:
     #[test]
     fn unknown_fields_are_errors_not_ignored() {
         let yaml = format!(
-            "{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n    outlier_detection: {{}}\n"
+            "{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n    flags: {{}}\n"
         );
         let errors = errors_of(&yaml);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].starts_with("services[0]: unknown field `outlier_detection`"),
+            errors[0].starts_with("services[0]: unknown field `flags`"),
             "{errors:?}"
         );
     }

@@ -43,6 +43,12 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 2;
 /// Default failures in a row to take an endpoint out.
 pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 3;
+/// Default failures in a row that eject an endpoint.
+pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
+/// Default first ejection.
+pub const DEFAULT_EJECTION: Duration = Duration::from_secs(30);
+/// Default cap on a version's ejected endpoints: never lose more than half to ejection.
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
 /// Default sticky cookie lifetime: a working session.
 pub const DEFAULT_STICKY_TTL: Duration = Duration::from_secs(3600);
 
@@ -134,6 +140,20 @@ pub struct ServiceSpec {
     pub sticky: Option<StickySpec>,
     /// Shadow versions.
     pub mirrors: Vec<MirrorSpec>,
+    /// Passive ejection of failing endpoints.
+    pub outlier_detection: Option<OutlierSpec>,
+}
+
+/// Passive outlier detection: `consecutive_failures` in a row eject an endpoint for `ejection`,
+/// doubling on each repeat, while at most `max_ejected_percent` of a version is ejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierSpec {
+    /// Failures in a row that eject.
+    pub consecutive_failures: u32,
+    /// First ejection's length.
+    pub ejection: Duration,
+    /// Cap on ejected endpoints per version, percent.
+    pub max_ejected_percent: u32,
 }
 
 /// One `mirror` entry.

@@ -107,6 +107,20 @@ pub struct RawService {
     /// Shadow versions that get copies of requests.
     #[serde(default)]
     pub mirror: Vec<RawMirror>,
+    /// Passive ejection of endpoints that keep failing.
+    pub outlier_detection: Option<RawOutlierDetection>,
+}
+
+/// `services[i].outlier_detection`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutlierDetection {
+    /// Failures in a row (connect, timeout, reset, 5xx) that eject an endpoint.
+    pub consecutive_failures: Option<u32>,
+    /// How long the first ejection lasts; it doubles on each repeat.
+    pub ejection: Option<String>,
+    /// Most of a version's endpoints that may be ejected at once, in percent.
+    pub max_ejected_percent: Option<u32>,
 }
 
 /// `services[i].mirror[j]`.

@@ -3,10 +3,11 @@
 use http::{HeaderName, HeaderValue};
 
 use super::compile::Errors;
-use super::raw::{RawHealthCheck, RawMirror};
+use super::raw::{RawHealthCheck, RawMirror, RawOutlierDetection};
 use super::raw::{RawRule, RawSticky};
 use super::{units, Compare, KeySource, MirrorSpec, RuleMatch, RuleSpec, StickySpec, DEFAULT_STICKY_TTL};
 use super::{HealthCheckSpec, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH};
+use super::{OutlierSpec, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_EJECTION, DEFAULT_MAX_EJECTED_PERCENT};
 use super::{DEFAULT_HEALTH_TIMEOUT, DEFAULT_UNHEALTHY_THRESHOLD};
 use super::{DEFAULT_MIRROR_MAX_BODY, DEFAULT_MIRROR_MAX_IN_FLIGHT};
 
@@ -288,6 +289,47 @@ pub(super) fn compile_health_check(vat: &str, raw: &RawHealthCheck, errors: &mut
     })
 }
 
+/// Checks a service's `outlier_detection`.
+pub(super) fn compile_outlier_detection(
+    at: &str,
+    raw: &RawOutlierDetection,
+    errors: &mut Errors,
+) -> Option<OutlierSpec> {
+    let oat = format!("{at}.outlier_detection");
+    let before = errors.0.len();
+    let consecutive_failures = raw.consecutive_failures.unwrap_or(DEFAULT_CONSECUTIVE_FAILURES);
+    if consecutive_failures == 0 || consecutive_failures > MAX_HEALTH_THRESHOLD {
+        errors.push(
+            format!("{oat}.consecutive_failures"),
+            format!("{consecutive_failures} is out of range: use 1 to {MAX_HEALTH_THRESHOLD}"),
+        );
+    }
+    let ejection = match raw.ejection.as_deref().map(units::duration) {
+        None => DEFAULT_EJECTION,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            errors.push(format!("{oat}.ejection"), "must be greater than zero");
+            DEFAULT_EJECTION
+        }
+        Some(Err(e)) => {
+            errors.push(format!("{oat}.ejection"), e);
+            DEFAULT_EJECTION
+        }
+    };
+    let max_ejected_percent = raw.max_ejected_percent.unwrap_or(DEFAULT_MAX_EJECTED_PERCENT);
+    if max_ejected_percent > 100 {
+        errors.push(
+            format!("{oat}.max_ejected_percent"),
+            format!("{max_ejected_percent} is out of range: use 0 to 100"),
+        );
+    }
+    (errors.0.len() == before).then_some(OutlierSpec {
+        consecutive_failures,
+        ejection,
+        max_ejected_percent,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use crate::config::{parse, KeySource, RuleMatch};
@@ -400,5 +442,40 @@ mod tests {
             );
         }
         assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
+    #[test]
+    fn outlier_detection_compiles_with_defaults_and_reports_errors() {
+        let base = "listeners: [{ name: p, address: 127.0.0.1:0 }]\nservices:\n  - name: s\n    versions: { blue: { endpoints: [127.0.0.1:1] } }\n";
+        let config = parse(&format!("{base}    outlier_detection: {{}}\n")).unwrap_or_else(|e| panic!("{e}"));
+        let spec = config.services[0].outlier_detection.clone().expect("outlier detection");
+        assert_eq!(
+            (
+                spec.consecutive_failures,
+                spec.ejection.as_secs(),
+                spec.max_ejected_percent
+            ),
+            (5, 30, 50)
+        );
+        let bad = format!(
+            "{base}    outlier_detection: {{ consecutive_failures: 0, ejection: soon, max_ejected_percent: 101 }}\n"
+        );
+        let errors: Vec<String> = parse(&bad)
+            .expect_err("invalid")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in [
+            "consecutive_failures: 0 is out of range",
+            "ejection: \"soon\" is not a duration",
+            "max_ejected_percent: 101 is out of range",
+        ] {
+            assert!(
+                errors.iter().any(|e| e.contains(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), 3, "{errors:#?}");
     }
 }

@@ -27,8 +27,14 @@ pub struct Endpoint {
     protocol: Protocol,
     /// Requests sent here whose response has not finished: the load P2C compares.
     inflight: AtomicUsize,
-    /// Whether health checks let this endpoint take traffic (endpoints start healthy).
+    /// Whether active health checks let this endpoint take traffic (endpoints start healthy).
     healthy: std::sync::atomic::AtomicBool,
+    /// Whether outlier detection holds this endpoint out.
+    ejected: std::sync::atomic::AtomicBool,
+    /// Failures in a row, for outlier detection.
+    consecutive_failures: std::sync::atomic::AtomicU32,
+    /// Ejections so far: each lasts twice as long as the one before.
+    ejections: std::sync::atomic::AtomicU32,
     pool: Pool,
 }
 
@@ -45,18 +51,64 @@ impl Endpoint {
             protocol,
             inflight: AtomicUsize::new(0),
             healthy: std::sync::atomic::AtomicBool::new(true),
+            ejected: std::sync::atomic::AtomicBool::new(false),
+            consecutive_failures: std::sync::atomic::AtomicU32::new(0),
+            ejections: std::sync::atomic::AtomicU32::new(0),
             pool: Pool::new(protocol),
         }
     }
 
-    /// Whether the endpoint may take traffic.
+    /// Whether the endpoint may take traffic: its checks pass and it is not ejected.
     pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Whether the active health checks pass.
+    pub fn check_passes(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
 
-    /// Marks the endpoint up or down; returns whether that changed anything.
+    /// Marks the endpoint's active checks as passing or not; returns whether that changed.
     pub fn set_healthy(&self, healthy: bool) -> bool {
         self.healthy.swap(healthy, Ordering::Relaxed) != healthy
+    }
+
+    /// Whether outlier detection holds the endpoint out.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Relaxed)
+    }
+
+    /// Ejections so far.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a failure; returns the failures in a row.
+    pub fn record_failure(&self) -> u32 {
+        self.consecutive_failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1)
+    }
+
+    /// A success ends a run of failures.
+    pub fn reset_failures(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Ejects the endpoint unless it already is; returns how many ejections came before.
+    pub fn eject(&self) -> Option<u32> {
+        self.ejected
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Relaxed)
+            .ok()?;
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        Some(self.ejections.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Ends an ejection.
+    pub fn readmit(&self) {
+        self.ejected.store(false, Ordering::Relaxed);
     }
 
     /// Requests in flight to this endpoint.

@@ -224,3 +224,114 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
+
+/// A service with outlier detection over `endpoints` (one version).
+async fn start_outlier(name: &str, endpoints: &[&Checked], detection: &str) -> Controlled {
+    let eps: Vec<String> = endpoints.iter().map(|e| e.upstream.addr.to_string()).collect();
+    let yaml = format!(
+        "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\nservices:\n  - name: app\n    versions:\n      blue: {{ endpoints: [{}] }}\n    routing: {{ weights: {{ blue: 1 }} }}\n    outlier_detection: {detection}\n",
+        eps.join(", ")
+    );
+    let dir = temp_dir(name);
+    let path = dir.join("sluice.yaml");
+    write_config(&path, &yaml);
+    controlled(&path, Options::default()).await
+}
+
+/// The `health` history actors, oldest first.
+async fn health_actors(proxy: &Controlled) -> Vec<String> {
+    let (_, history) = proxy.api("GET", "/api/v1/history", None).await;
+    let mut actors: Vec<String> = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| e["cause"] == "health")
+        .map(|e| e["actor"].as_str().unwrap_or("").to_owned())
+        .collect();
+    actors.reverse();
+    actors
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_endpoints_are_ejected_for_doubling_times_and_come_back() {
+    let (good, bad) = (checked("good").await, checked("bad").await);
+    bad.broken.store(true, Ordering::SeqCst);
+    let proxy = start_outlier(
+        "outlier-eject",
+        &[&good, &bad],
+        "{ consecutive_failures: 3, ejection: 100ms, max_ejected_percent: 50 }",
+    )
+    .await;
+    let client = http1_client();
+    let bad_addr = bad.upstream.addr;
+    for round in 1..=2u32 {
+        // Requests until the bad endpoint has failed 3 times in a row and is ejected.
+        wait_until_async(|| async {
+            get(&client, &proxy.url("/"), None).await;
+            health_actors(&proxy)
+                .await
+                .iter()
+                .filter(|a| a.contains(&format!("{bad_addr} ejected")))
+                .count()
+                == round as usize
+        })
+        .await;
+        let want = if round == 1 {
+            "ejected for 100ms"
+        } else {
+            "ejected for 200ms"
+        };
+        let actors = health_actors(&proxy).await;
+        assert!(
+            actors.iter().any(|a| a.contains(&format!("{bad_addr} {want}"))),
+            "round {round}: {actors:?}"
+        );
+        // It comes back by itself.
+        wait_health(&proxy, bad_addr, true).await;
+    }
+    let actors = health_actors(&proxy).await;
+    assert!(
+        actors
+            .iter()
+            .any(|a| a.contains(&format!("{bad_addr} back from ejection"))),
+        "{actors:?}"
+    );
+    let good_ejected = actors
+        .iter()
+        .any(|a| a.contains(&format!("{} ejected", good.upstream.addr)));
+    assert!(!good_ejected, "a healthy endpoint is never ejected: {actors:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_than_max_ejected_percent_of_a_version_is_ejected() {
+    let (a, b) = (checked("a").await, checked("b").await);
+    a.broken.store(true, Ordering::SeqCst);
+    b.broken.store(true, Ordering::SeqCst);
+    let proxy = start_outlier(
+        "outlier-cap",
+        &[&a, &b],
+        "{ consecutive_failures: 2, ejection: 1h, max_ejected_percent: 50 }",
+    )
+    .await;
+    let client = http1_client();
+    wait_until_async(|| async {
+        get(&client, &proxy.url("/"), None).await;
+        health_actors(&proxy).await.iter().any(|x| x.contains("ejected for"))
+    })
+    .await;
+    // Keep failing on both: the second may not be ejected (1 of 2 is the 50% cap).
+    for _ in 0..20 {
+        assert_eq!(
+            get(&client, &proxy.url("/"), None).await.0,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+    let ejections = health_actors(&proxy)
+        .await
+        .iter()
+        .filter(|x| x.contains("ejected for"))
+        .count();
+    assert_eq!(ejections, 1, "only one of two endpoints may be out");
+    proxy.shutdown().await;
+}
