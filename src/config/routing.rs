@@ -334,6 +334,23 @@ pub(super) fn compile_outlier_detection(
 mod tests {
     use crate::config::{parse, KeySource, RuleMatch};
 
+    /// Asserts that `yaml` fails with exactly these errors (each given by its start).
+    fn assert_exact_errors(yaml: &str, expected: &[&str]) {
+        let errors: Vec<String> = parse(yaml)
+            .expect_err("invalid")
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        for want in expected {
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
+        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+    }
+
     fn service(routing: &str) -> String {
         format!(
             "listeners: [{{ name: p, address: 127.0.0.1:0 }}]\nservices:\n  - name: s\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }}, canary: {{ endpoints: [127.0.0.1:2] }} }}\n    routing:\n{routing}"
@@ -385,29 +402,19 @@ mod tests {
       sticky: { cookie: \"\", hash_key: \"query:id\", ttl: 0s }
 ",
         );
-        let errors: Vec<String> = parse(&yaml)
-            .expect_err("invalid")
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        let expected = [
-            "services[0].routing.rules[0].version: unknown version \"canry\" (versions: blue, canary)",
-            "services[0].routing.rules[0].match.header: needs exactly one of",
-            "services[0].routing.rules[1].match.header.name: \"bad name\" is not a valid header name",
-            "services[0].routing.rules[2].match.cookie.name: \"a;b\" is not a valid cookie name",
-            "services[0].routing.rules[3].match: needs exactly one of",
-            "services[0].routing.sticky.cookie: \"\" is not a valid cookie name",
-            "services[0].routing.sticky.hash_key: \"query:id\" is not a key",
-            "services[0].routing.sticky.ttl: must be at least 1s",
-        ];
-        for want in expected {
-            assert!(
-                errors.iter().any(|e| e.starts_with(want)),
-                "missing {want:?} in {errors:#?}"
-            );
-        }
-        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        assert_exact_errors(
+            &yaml,
+            &[
+                "services[0].routing.rules[0].version: unknown version \"canry\" (versions: blue, canary)",
+                "services[0].routing.rules[0].match.header: needs exactly one of",
+                "services[0].routing.rules[1].match.header.name: \"bad name\" is not a valid header name",
+                "services[0].routing.rules[2].match.cookie.name: \"a;b\" is not a valid cookie name",
+                "services[0].routing.rules[3].match: needs exactly one of",
+                "services[0].routing.sticky.cookie: \"\" is not a valid cookie name",
+                "services[0].routing.sticky.hash_key: \"query:id\" is not a key",
+                "services[0].routing.sticky.ttl: must be at least 1s",
+            ],
+        );
     }
 
     #[test]
@@ -424,24 +431,14 @@ mod tests {
         );
         assert_eq!((check.healthy, check.unhealthy), (2, 3));
         let bad = "listeners: [{ name: p, address: 127.0.0.1:0 }]\nservices:\n  - name: s\n    versions: { blue: { endpoints: [127.0.0.1:1], health_check: { path: healthz, interval: 1s, timeout: 2s, healthy: 0 } } }\n";
-        let errors: Vec<String> = parse(bad)
-            .expect_err("invalid")
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect();
-        let expected = [
-            "services[0].versions.blue.health_check.path: \"healthz\" is not a path",
-            "services[0].versions.blue.health_check.healthy: 0 is out of range",
-            "services[0].versions.blue.health_check.timeout: 2s is longer than the interval 1s",
-        ];
-        for want in expected {
-            assert!(
-                errors.iter().any(|e| e.starts_with(want)),
-                "missing {want:?} in {errors:#?}"
-            );
-        }
-        assert_eq!(errors.len(), expected.len(), "{errors:#?}");
+        assert_exact_errors(
+            bad,
+            &[
+                "services[0].versions.blue.health_check.path: \"healthz\" is not a path",
+                "services[0].versions.blue.health_check.healthy: 0 is out of range",
+                "services[0].versions.blue.health_check.timeout: 2s is longer than the interval 1s",
+            ],
+        );
     }
 
     #[test]
