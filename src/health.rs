@@ -25,6 +25,9 @@ pub struct Change {
     pub what: String,
 }
 
+/// Serialises ejection decisions (see [`observe`]).
+static EJECTION_DECISION: Mutex<()> = Mutex::new(());
+
 /// Longest ejection, as a multiple of the first: doubling stops there.
 const MAX_EJECTION_FACTOR: u32 = 64;
 
@@ -79,12 +82,20 @@ pub fn observe(
     if endpoint.record_failure() < spec.consecutive_failures || endpoint.is_ejected() {
         return;
     }
-    let ejected = version.iter().filter(|e| e.is_ejected()).count();
-    let allowed = version.len() * spec.max_ejected_percent as usize / 100;
-    if ejected >= allowed {
-        return;
-    }
-    let Some(repeat) = endpoint.eject() else { return };
+    // Counting and ejecting must be one step, or two endpoints of a version reaching their
+    // threshold at once on two threads could both pass the cap. Only runs at the threshold.
+    let repeat = {
+        let _decide = EJECTION_DECISION
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let ejected = version.iter().filter(|e| e.is_ejected()).count();
+        let allowed = version.len() * spec.max_ejected_percent as usize / 100;
+        if ejected >= allowed {
+            return;
+        }
+        let Some(repeat) = endpoint.eject() else { return };
+        repeat
+    };
     let duration = spec.ejection * (1u32 << repeat.min(MAX_EJECTION_FACTOR.trailing_zeros()));
     let label = Arc::clone(&endpoint.label);
     let what = format!("ejected for {}", humantime::format_duration(duration));
