@@ -202,6 +202,10 @@ impl Control {
             })
             .map(|s| s.name.clone())
             .collect();
+        if affected.is_empty() {
+            // The endpoint left the config meanwhile: nothing to publish.
+            return;
+        }
         let what: Vec<String> = batch.iter().map(|c| format!("{} {}", c.endpoint, c.what)).collect();
         if let Err(error) = self.commit(
             &mut inner,
@@ -226,6 +230,7 @@ impl Control {
             // Endpoints no longer checked come back; their services change.
             if health.sync(&inner.config, self.routing.registries()) {
                 spec_changed.extend(inner.config.services.iter().map(|s| s.name.clone()));
+                spec_changed.sort();
                 spec_changed.dedup();
             }
         }
@@ -254,6 +259,7 @@ impl Control {
             }
         }
         changed.sort();
+        changed.dedup();
         let entry = HistoryEntry {
             revision,
             time: now(),
@@ -397,6 +403,10 @@ impl Control {
                 inner.config = old_config;
                 inner.config_text = old_text;
                 inner.overrides = old_overrides;
+                // Checkers were synced to the rejected config: put them back.
+                if let Some(health) = self.health.get() {
+                    health.sync(&inner.config, self.routing.registries());
+                }
                 inner.reloads_failed += 1;
                 inner.last_reload = Some(status("error", vec![error.to_string()], Vec::new(), inner.revision));
                 return Err(error);

@@ -96,7 +96,9 @@ pub fn observe(
         let Some(repeat) = endpoint.eject() else { return };
         repeat
     };
-    let duration = spec.ejection * (1u32 << repeat.min(MAX_EJECTION_FACTOR.trailing_zeros()));
+    let duration = spec
+        .ejection
+        .saturating_mul(1u32 << repeat.min(MAX_EJECTION_FACTOR.trailing_zeros()));
     let label = Arc::clone(&endpoint.label);
     let what = format!("ejected for {}", humantime::format_duration(duration));
     let _ = events.sender.send(Change {
@@ -138,9 +140,15 @@ impl HealthChecks {
     /// that is no longer checked is healthy again; returns whether any endpoint changed so.
     pub fn sync(&self, config: &Config, registries: &Registries) -> bool {
         let mut wanted: HashMap<Key, Arc<Endpoint>> = HashMap::new();
+        // One checker per endpoint: if two versions check the same address differently, the
+        // first in file order wins (two would flip the shared endpoint's state back and forth).
+        let mut seen = std::collections::HashSet::new();
         for version in config.services.iter().flat_map(|s| &s.versions) {
             let Some(spec) = &version.health_check else { continue };
             for addr in &version.endpoints {
+                if !seen.insert((addr.clone(), version.protocol)) {
+                    continue;
+                }
                 let endpoint = registries.upstreams.endpoint(addr, version.protocol);
                 wanted.insert((addr.clone(), version.protocol, spec.clone()), endpoint);
             }

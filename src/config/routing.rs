@@ -229,6 +229,10 @@ pub(super) fn compile_sticky(at: &str, raw: &RawSticky, errors: &mut Errors) -> 
     })
 }
 
+/// Longest health-check interval or first ejection accepted: a day (longer is surely a typo,
+/// and keeps the doubled ejection far from overflow).
+const MAX_HEALTH_DURATION: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// Most successes or failures in a row a threshold may ask for.
 const MAX_HEALTH_THRESHOLD: u32 = 100;
 
@@ -261,6 +265,12 @@ pub(super) fn compile_health_check(vat: &str, raw: &RawHealthCheck, errors: &mut
     };
     let interval = duration("interval", raw.interval.as_deref(), DEFAULT_HEALTH_INTERVAL);
     let timeout = duration("timeout", raw.timeout.as_deref(), DEFAULT_HEALTH_TIMEOUT);
+    if interval > MAX_HEALTH_DURATION {
+        errors.push(
+            format!("{hat}.interval"),
+            format!("{interval:?} is too long: use at most {MAX_HEALTH_DURATION:?}"),
+        );
+    }
     let mut threshold = |name: &str, value: Option<u32>, default: u32| {
         let value = value.unwrap_or(default);
         if value == 0 || value > MAX_HEALTH_THRESHOLD {
@@ -316,6 +326,12 @@ pub(super) fn compile_outlier_detection(
             DEFAULT_EJECTION
         }
     };
+    if ejection > MAX_HEALTH_DURATION {
+        errors.push(
+            format!("{oat}.ejection"),
+            format!("{ejection:?} is too long: use at most {MAX_HEALTH_DURATION:?}"),
+        );
+    }
     let max_ejected_percent = raw.max_ejected_percent.unwrap_or(DEFAULT_MAX_EJECTED_PERCENT);
     if max_ejected_percent > 100 {
         errors.push(

@@ -335,3 +335,34 @@ async fn never_more_than_max_ejected_percent_of_a_version_is_ejected() {
     assert_eq!(ejections, 1, "only one of two endpoints may be out");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_removes_the_check_brings_its_endpoints_back() {
+    let only = checked("only").await;
+    let dir = temp_dir("health-reload");
+    let path = dir.join("sluice.yaml");
+    let yaml = |check: &str| {
+        format!(
+            "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\nservices:\n  - name: app\n    versions:\n      blue: {{ endpoints: [{}]{check} }}\n    routing: {{ weights: {{ blue: 1 }} }}\n",
+            only.upstream.addr
+        )
+    };
+    write_config(&path, &yaml(&format!(", {CHECK}")));
+    let proxy = controlled(&path, Options::default()).await;
+    only.healthy.store(false, Ordering::SeqCst);
+    wait_health(&proxy, only.upstream.addr, false).await;
+    assert_eq!(
+        get(&http1_client(), &proxy.url("/"), None).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    write_config(&path, &yaml(""));
+    let (status, body) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_health(&proxy, only.upstream.addr, true).await;
+    assert_eq!(
+        get(&http1_client(), &proxy.url("/"), None).await.0,
+        StatusCode::OK,
+        "unchecked endpoints take traffic"
+    );
+    proxy.shutdown().await;
+}
