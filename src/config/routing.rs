@@ -236,6 +236,28 @@ const MAX_HEALTH_DURATION: std::time::Duration = std::time::Duration::from_secs(
 /// Most successes or failures in a row a threshold may ask for.
 const MAX_HEALTH_THRESHOLD: u32 = 100;
 
+/// The duration `text` at `path`, above zero; `default` when not given or invalid (the error is
+/// pushed).
+fn positive_duration(
+    path: String,
+    text: Option<&str>,
+    default: std::time::Duration,
+    errors: &mut Errors,
+) -> std::time::Duration {
+    match text.map(units::duration) {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            errors.push(path, "must be greater than zero");
+            default
+        }
+        Some(Err(e)) => {
+            errors.push(path, e);
+            default
+        }
+    }
+}
+
 /// Checks a version's `health_check`.
 pub(super) fn compile_health_check(vat: &str, raw: &RawHealthCheck, errors: &mut Errors) -> Option<HealthCheckSpec> {
     let hat = format!("{vat}.health_check");
@@ -251,20 +273,18 @@ pub(super) fn compile_health_check(vat: &str, raw: &RawHealthCheck, errors: &mut
             None
         }
     };
-    let mut duration = |name: &str, text: Option<&str>, default: std::time::Duration| match text.map(units::duration) {
-        None => default,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            errors.push(format!("{hat}.{name}"), "must be greater than zero");
-            default
-        }
-        Some(Err(e)) => {
-            errors.push(format!("{hat}.{name}"), e);
-            default
-        }
-    };
-    let interval = duration("interval", raw.interval.as_deref(), DEFAULT_HEALTH_INTERVAL);
-    let timeout = duration("timeout", raw.timeout.as_deref(), DEFAULT_HEALTH_TIMEOUT);
+    let interval = positive_duration(
+        format!("{hat}.interval"),
+        raw.interval.as_deref(),
+        DEFAULT_HEALTH_INTERVAL,
+        errors,
+    );
+    let timeout = positive_duration(
+        format!("{hat}.timeout"),
+        raw.timeout.as_deref(),
+        DEFAULT_HEALTH_TIMEOUT,
+        errors,
+    );
     if interval > MAX_HEALTH_DURATION {
         errors.push(
             format!("{hat}.interval"),
@@ -314,18 +334,12 @@ pub(super) fn compile_outlier_detection(
             format!("{consecutive_failures} is out of range: use 1 to {MAX_HEALTH_THRESHOLD}"),
         );
     }
-    let ejection = match raw.ejection.as_deref().map(units::duration) {
-        None => DEFAULT_EJECTION,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
-            errors.push(format!("{oat}.ejection"), "must be greater than zero");
-            DEFAULT_EJECTION
-        }
-        Some(Err(e)) => {
-            errors.push(format!("{oat}.ejection"), e);
-            DEFAULT_EJECTION
-        }
-    };
+    let ejection = positive_duration(
+        format!("{oat}.ejection"),
+        raw.ejection.as_deref(),
+        DEFAULT_EJECTION,
+        errors,
+    );
     if ejection > MAX_HEALTH_DURATION {
         errors.push(
             format!("{oat}.ejection"),
