@@ -2,7 +2,6 @@
 //! included), or a short synthetic body for the proxy's own answers.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -11,15 +10,15 @@ use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-use crate::metrics::{ErrorKind, InflightGuard, VersionMetrics};
+use crate::metrics::{ErrorKind, InflightGuard};
 use crate::mirror::{BodyHash, PrimaryOutcome, PrimaryReport};
 use crate::upstream::Lease;
 
 /// Records an upstream answer in its version's metrics once the body is done (or dropped).
 #[derive(Debug)]
 pub struct Completion {
-    metrics: Arc<VersionMetrics>,
-    _inflight: InflightGuard,
+    /// The request's in-flight count, and through it the version's metrics.
+    request: InflightGuard,
     start: Instant,
     status: StatusCode,
     failed: bool,
@@ -29,24 +28,18 @@ pub struct Completion {
 }
 
 impl Completion {
-    /// Starts tracking an answer with `status` to a request received at `start`.
-    pub fn new(metrics: Arc<VersionMetrics>, inflight: InflightGuard, start: Instant, status: StatusCode) -> Self {
-        Self::reporting(metrics, inflight, start, status, None)
-    }
-
-    /// Like [`Completion::new`]; also reports the status (and, with `hash`, a hash of the body)
-    /// to the mirrors that compare this request's answers.
-    pub fn reporting(
-        metrics: Arc<VersionMetrics>,
-        inflight: InflightGuard,
+    /// Starts tracking an answer with `status` to a request received at `start`; with `report`,
+    /// also reports the status (and, if asked, a hash of the body) to the mirrors that compare
+    /// this request's answers.
+    pub fn new(
+        request: InflightGuard,
         start: Instant,
         status: StatusCode,
         report: Option<(PrimaryReport, bool)>,
     ) -> Self {
         let report = report.map(|(tx, hash)| (tx, hash.then(BodyHash::default)));
         Self {
-            metrics,
-            _inflight: inflight,
+            request,
             start,
             status,
             failed: false,
@@ -60,17 +53,17 @@ impl Completion {
 impl Drop for Completion {
     fn drop(&mut self) {
         let server_error = self.status.is_server_error();
-        self.metrics.record(
+        self.request.metrics().record(
             Some(self.status),
             self.start.elapsed(),
             server_error || self.failed,
             self.bytes,
         );
         if server_error {
-            self.metrics.upstream_error(ErrorKind::Status);
+            self.request.metrics().upstream_error(ErrorKind::Status);
         }
         if self.failed {
-            self.metrics.upstream_error(ErrorKind::Reset);
+            self.request.metrics().upstream_error(ErrorKind::Reset);
         }
         // Only a body that ended intact is compared; a cut-short one would look like a mismatch.
         if let (Some((report, hash)), true, false) = (self.report.take(), self.ended, self.failed) {

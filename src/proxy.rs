@@ -17,7 +17,7 @@ use crate::body::{Completion, ResponseBody};
 use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::forward::{self, ClientInfo};
-use crate::metrics::{self, VersionMetrics};
+use crate::metrics;
 use crate::mirror::{self, PrimaryReport};
 use crate::router;
 use crate::split;
@@ -55,7 +55,8 @@ impl Proxy {
                 // The proxy's own answer is no upstream answer to compare a shadow with: dropping
                 // the report skips the comparison.
                 drop(outcome.report.take());
-                if let Some((metrics, _inflight)) = outcome.chosen.take() {
+                if let Some(request) = outcome.chosen.take() {
+                    let metrics = request.metrics();
                     let (status, bytes) = (error.status(), error.body().len() as u64);
                     metrics.record(Some(status), outcome.start.elapsed(), status.is_server_error(), bytes);
                     if let Some(kind) = error.upstream_kind() {
@@ -93,7 +94,7 @@ impl Proxy {
         let choice =
             split::choose(service, request.headers()).ok_or_else(|| ProxyError::NoVersion(service.name.clone()))?;
         let version = &service.versions[choice.version];
-        outcome.chosen = Some((Arc::clone(&version.metrics), version.metrics.begin()));
+        outcome.chosen = Some(version.metrics.begin());
         let limit = table.limits.max_request_body;
         check_content_length(&request, limit)?;
 
@@ -135,7 +136,8 @@ impl Proxy {
             forward::remove_hop_by_hop(response.headers_mut(), true);
             let (parts, _) = response.into_parts();
             drop(lease);
-            if let Some((metrics, _inflight)) = outcome.chosen.take() {
+            if let Some(request) = outcome.chosen.take() {
+                let metrics = request.metrics();
                 metrics.record(Some(parts.status), outcome.start.elapsed(), false, 0);
             }
             return Ok(Response::from_parts(parts, ResponseBody::empty()));
@@ -150,9 +152,10 @@ impl Proxy {
             parts.headers.append(header::SET_COOKIE, cookie.clone());
         }
         parts.version = client_version;
-        let completion = outcome.chosen.take().map(|(metrics, inflight)| {
-            Completion::reporting(metrics, inflight, outcome.start, parts.status, outcome.report.take())
-        });
+        let completion = outcome
+            .chosen
+            .take()
+            .map(|request| Completion::new(request, outcome.start, parts.status, outcome.report.take()));
         Ok(Response::from_parts(
             parts,
             ResponseBody::Upstream {
@@ -167,8 +170,8 @@ impl Proxy {
 /// What a request has reached so far, for its metrics.
 struct Outcome {
     start: Instant,
-    /// The chosen version's metrics and in-flight count, once a version is chosen.
-    chosen: Option<(Arc<VersionMetrics>, metrics::InflightGuard)>,
+    /// The request's in-flight count in the chosen version's metrics, once a version is chosen.
+    chosen: Option<metrics::InflightGuard>,
     /// Where to report the answer to mirrors that compare it, and whether to hash the body.
     report: Option<(PrimaryReport, bool)>,
 }
@@ -176,7 +179,8 @@ struct Outcome {
 impl Drop for Outcome {
     fn drop(&mut self) {
         // Still set: the request future was dropped before any response (the client left).
-        if let Some((metrics, _inflight)) = self.chosen.take() {
+        if let Some(request) = self.chosen.take() {
+            let metrics = request.metrics();
             metrics.record(None, self.start.elapsed(), false, 0);
         }
     }

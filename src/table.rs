@@ -89,8 +89,6 @@ pub struct Service {
 pub struct Mirror {
     /// The shadow version's name.
     pub version: Arc<str>,
-    /// The shadow version's protocol.
-    pub protocol: Protocol,
     /// The shadow version's endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
     /// Share of requests copied, percent.
@@ -200,7 +198,6 @@ impl Service {
                 let version: &Version = &versions[m.version];
                 Arc::new(Mirror {
                     version: Arc::clone(&version.name),
-                    protocol: version.protocol,
                     endpoints: version.endpoints.clone(),
                     percent: m.percent,
                     max_body: m.max_body,

@@ -236,21 +236,28 @@ const MAX_HEALTH_DURATION: std::time::Duration = std::time::Duration::from_secs(
 /// Most successes or failures in a row a threshold may ask for.
 const MAX_HEALTH_THRESHOLD: u32 = 100;
 
-/// The duration `text` at `path`, above zero; `default` when not given or invalid (the error is
-/// pushed).
+/// The duration `text` at `path`: above zero and, with `max`, at most that; `default` when not
+/// given or invalid (the error is pushed).
 fn positive_duration(
     path: String,
     text: Option<&str>,
     default: std::time::Duration,
+    max: Option<std::time::Duration>,
     errors: &mut Errors,
 ) -> std::time::Duration {
     match text.map(units::duration) {
         None => default,
-        Some(Ok(d)) if !d.is_zero() => d,
-        Some(Ok(_)) => {
+        Some(Ok(d)) if d.is_zero() => {
             errors.push(path, "must be greater than zero");
             default
         }
+        Some(Ok(d)) => match max {
+            Some(max) if d > max => {
+                errors.push(path, format!("{d:?} is too long: use at most {max:?}"));
+                default
+            }
+            _ => d,
+        },
         Some(Err(e)) => {
             errors.push(path, e);
             default
@@ -277,20 +284,16 @@ pub(super) fn compile_health_check(vat: &str, raw: &RawHealthCheck, errors: &mut
         format!("{hat}.interval"),
         raw.interval.as_deref(),
         DEFAULT_HEALTH_INTERVAL,
+        Some(MAX_HEALTH_DURATION),
         errors,
     );
     let timeout = positive_duration(
         format!("{hat}.timeout"),
         raw.timeout.as_deref(),
         DEFAULT_HEALTH_TIMEOUT,
+        None,
         errors,
     );
-    if interval > MAX_HEALTH_DURATION {
-        errors.push(
-            format!("{hat}.interval"),
-            format!("{interval:?} is too long: use at most {MAX_HEALTH_DURATION:?}"),
-        );
-    }
     let mut threshold = |name: &str, value: Option<u32>, default: u32| {
         let value = value.unwrap_or(default);
         if value == 0 || value > MAX_HEALTH_THRESHOLD {
@@ -338,14 +341,9 @@ pub(super) fn compile_outlier_detection(
         format!("{oat}.ejection"),
         raw.ejection.as_deref(),
         DEFAULT_EJECTION,
+        Some(MAX_HEALTH_DURATION),
         errors,
     );
-    if ejection > MAX_HEALTH_DURATION {
-        errors.push(
-            format!("{oat}.ejection"),
-            format!("{ejection:?} is too long: use at most {MAX_HEALTH_DURATION:?}"),
-        );
-    }
     let max_ejected_percent = raw.max_ejected_percent.unwrap_or(DEFAULT_MAX_EJECTED_PERCENT);
     if max_ejected_percent > 100 {
         errors.push(

@@ -245,6 +245,13 @@ impl VersionMetrics {
 #[derive(Debug)]
 pub struct InflightGuard(Arc<VersionMetrics>);
 
+impl InflightGuard {
+    /// The metrics this request counts in.
+    pub fn metrics(&self) -> &VersionMetrics {
+        &self.0
+    }
+}
+
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.inflight.fetch_sub(1, Ordering::Relaxed);

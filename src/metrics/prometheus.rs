@@ -25,6 +25,11 @@ fn escape(value: &str) -> String {
     value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// The `service` and `version` labels of a handle.
+fn service_version(v: &super::VersionMetrics) -> String {
+    format!("service=\"{}\",version=\"{}\"", escape(&v.service), escape(&v.version))
+}
+
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
@@ -33,14 +38,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> String {
     let mut out = String::with_capacity(4096);
     let versions = metrics.all();
-    let labels = |v: &super::VersionMetrics| {
-        format!(
-            "service=\"{}\",version=\"{}\",role=\"{}\"",
-            escape(&v.service),
-            escape(&v.version),
-            v.role.as_str()
-        )
-    };
+    let labels = |v: &super::VersionMetrics| format!("{},role=\"{}\"", service_version(v), v.role.as_str());
 
     header(
         &mut out,
@@ -95,9 +93,8 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
             let n = v.upstream_errors[i].load(std::sync::atomic::Ordering::Relaxed);
             let _ = writeln!(
                 out,
-                "sluice_upstream_errors_total{{service=\"{}\",version=\"{}\",kind=\"{kind}\"}} {n}",
-                escape(&v.service),
-                escape(&v.version)
+                "sluice_upstream_errors_total{{{},kind=\"{kind}\"}} {n}",
+                service_version(v)
             );
         }
     }
@@ -110,12 +107,7 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
     );
     for v in &primaries {
         let n = v.inflight.load(std::sync::atomic::Ordering::Relaxed);
-        let _ = writeln!(
-            out,
-            "sluice_inflight_requests{{service=\"{}\",version=\"{}\"}} {n}",
-            escape(&v.service),
-            escape(&v.version)
-        );
+        let _ = writeln!(out, "sluice_inflight_requests{{{}}} {n}", service_version(v));
     }
 
     let shadows: Vec<_> = versions.iter().filter(|v| v.role == super::Role::Shadow).collect();
@@ -131,9 +123,8 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
                 let n = v.shadow_dropped[i].load(std::sync::atomic::Ordering::Relaxed);
                 let _ = writeln!(
                     out,
-                    "sluice_shadow_dropped_total{{service=\"{}\",version=\"{}\",reason=\"{reason}\"}} {n}",
-                    escape(&v.service),
-                    escape(&v.version)
+                    "sluice_shadow_dropped_total{{{},reason=\"{reason}\"}} {n}",
+                    service_version(v)
                 );
             }
         }
@@ -146,9 +137,8 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
         for v in &shadows {
             let _ = writeln!(
                 out,
-                "sluice_shadow_mismatches_total{{service=\"{}\",version=\"{}\"}} {}",
-                escape(&v.service),
-                escape(&v.version),
+                "sluice_shadow_mismatches_total{{{}}} {}",
+                service_version(v),
                 v.mismatches()
             );
         }

@@ -197,6 +197,17 @@ impl Upstreams {
 /// Power of two choices: of two distinct random healthy endpoints, the one with fewer requests
 /// in flight. `exclude` (an endpoint that just failed to connect) is never chosen.
 pub fn pick<'a>(endpoints: &'a [Arc<Endpoint>], exclude: Option<&Arc<Endpoint>>) -> Option<&'a Arc<Endpoint>> {
+    let less_loaded = |a: &'a Arc<Endpoint>, b: &'a Arc<Endpoint>| if b.inflight() < a.inflight() { b } else { a };
+    // Fast path, the common case: two distinct draws over all endpoints that both turn out
+    // healthy are a uniform pair of healthy endpoints, so no scan is needed.
+    if exclude.is_none() && endpoints.len() >= 2 {
+        let a = fastrand::usize(..endpoints.len());
+        let b = (a + 1 + fastrand::usize(..endpoints.len() - 1)) % endpoints.len();
+        let (ea, eb) = (&endpoints[a], &endpoints[b]);
+        if ea.is_healthy() && eb.is_healthy() {
+            return Some(less_loaded(ea, eb));
+        }
+    }
     let allowed = |e: &&Arc<Endpoint>| e.is_healthy() && exclude.is_none_or(|x| !Arc::ptr_eq(e, x));
     let count = endpoints.iter().filter(allowed).count();
     let nth = |n: usize| endpoints.iter().filter(allowed).nth(n);
@@ -206,8 +217,7 @@ pub fn pick<'a>(endpoints: &'a [Arc<Endpoint>], exclude: Option<&Arc<Endpoint>>)
         _ => {
             let a = fastrand::usize(..count);
             let b = (a + 1 + fastrand::usize(..count - 1)) % count;
-            let (ea, eb) = (nth(a)?, nth(b)?);
-            Some(if eb.inflight() < ea.inflight() { eb } else { ea })
+            Some(less_loaded(nth(a)?, nth(b)?))
         }
     }
 }
@@ -254,6 +264,25 @@ mod tests {
         assert_eq!(seen[1], 0, "excluded endpoint chosen");
         assert!(seen[0] > 50 && seen[2] > 50, "{seen:?}");
         assert!(pick(&eps[..1], Some(&eps[0])).is_none());
+    }
+
+    #[test]
+    fn p2c_never_picks_a_down_endpoint() {
+        let eps = endpoints(3);
+        eps[1].set_healthy(false);
+        let mut seen = [0; 3];
+        for _ in 0..3000 {
+            let e = pick(&eps, None).expect("two are healthy");
+            seen[eps.iter().position(|x| Arc::ptr_eq(x, e)).expect("from the list")] += 1;
+        }
+        assert_eq!(seen[1], 0, "down endpoint chosen: {seen:?}");
+        assert!(
+            seen[0] > 1000 && seen[2] > 1000,
+            "both healthy ones get their share: {seen:?}"
+        );
+        eps[0].set_healthy(false);
+        eps[2].set_healthy(false);
+        assert!(pick(&eps, None).is_none(), "nothing healthy, nothing picked");
     }
 
     #[test]

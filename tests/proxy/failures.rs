@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use http_body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
@@ -59,17 +59,7 @@ async fn upstream_without_response_headers_in_time_is_504() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn body_over_the_limit_is_413() {
-    let up = Upstream::start(|request| async move {
-        use http_body_util::BodyExt;
-        let len = request
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes().len())
-            .unwrap_or(0);
-        Response::new(full(format!("got {len}")))
-    })
-    .await;
+    let up = Upstream::body_length().await;
     let proxy = proxy_with(
         &service("small", "{}", &[("v", &[up.addr], 1)]),
         "defaults: { max_request_body: 1KiB }",

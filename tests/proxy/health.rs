@@ -366,3 +366,45 @@ async fn a_reload_that_removes_the_check_brings_its_endpoints_back() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_versions_are_checked_over_h2c() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let (h2_checks, other_checks) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (h, h2, other) = (Arc::clone(&healthy), Arc::clone(&h2_checks), Arc::clone(&other_checks));
+    let up = Upstream::start(move |request| {
+        if request.uri().path() == "/healthz" {
+            let counter = if request.version() == http::Version::HTTP_2 {
+                &h2
+            } else {
+                &other
+            };
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        let status = if h.load(Ordering::SeqCst) { 200 } else { 503 };
+        async move { Response::builder().status(status).body(full("grpc")).expect("response") }
+    })
+    .await;
+    let yaml = format!(
+        "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\nservices:\n  - name: app\n    versions:\n      v: {{ endpoints: [{}], protocol: http2, {CHECK} }}\n    routing: {{ weights: {{ v: 1 }} }}\n",
+        up.addr
+    );
+    let dir = temp_dir("health-h2c");
+    let path = dir.join("sluice.yaml");
+    write_config(&path, &yaml);
+    let proxy = controlled(&path, Options::default()).await;
+    healthy.store(false, Ordering::SeqCst);
+    wait_health(&proxy, up.addr, false).await;
+    healthy.store(true, Ordering::SeqCst);
+    wait_health(&proxy, up.addr, true).await;
+    assert!(
+        h2_checks.load(Ordering::SeqCst) >= 4,
+        "the checks took it out and back in"
+    );
+    assert_eq!(
+        other_checks.load(Ordering::SeqCst),
+        0,
+        "every check of an http2 version is HTTP/2"
+    );
+    proxy.shutdown().await;
+}

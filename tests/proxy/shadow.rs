@@ -226,21 +226,8 @@ async fn a_shadow_that_resets_changes_nothing_for_the_client() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_20mb_upload_streams_while_its_oversized_copy_is_dropped() {
-    const TOTAL: usize = 20 << 20;
-    const CHUNK: usize = 256 << 10;
     let first_bytes = Arc::new(Notify::new());
-    let seen = Arc::clone(&first_bytes);
-    let blue = Upstream::start(move |request| {
-        let seen = Arc::clone(&seen);
-        async move {
-            let verdict = match check_pattern(request.into_body(), || seen.notify_one()).await {
-                Ok(len) => format!("ok {len}"),
-                Err(at) => format!("corrupt at {at}"),
-            };
-            Response::new(full(verdict))
-        }
-    })
-    .await;
+    let blue = pattern_checking_upstream(Arc::clone(&first_bytes)).await;
     let green = Upstream::named("green").await;
     let mirrors = "      - { version: green, percent: 100, max_body: 1MiB }";
     let proxy = start(
@@ -253,28 +240,10 @@ async fn a_20mb_upload_streams_while_its_oversized_copy_is_dropped() {
         ),
     )
     .await;
-    let (tx, body) = channel_body(4);
-    let request = Request::post(proxy.url("/upload")).body(body).expect("request");
-    let client = http1_client();
-    let response = tokio::spawn(async move { send(&client, request).await });
-    tx.send(Frame::data(pattern(0, CHUNK))).await.expect("first chunk");
-    within(
-        "the primary sees the first bytes before the upload ends",
-        first_bytes.notified(),
-    )
-    .await;
-    let mut offset = CHUNK;
-    while offset < TOTAL {
-        tx.send(Frame::data(pattern(offset as u64, CHUNK)))
-            .await
-            .expect("chunk");
-        offset += CHUNK;
-    }
-    drop(tx);
-    let (status, _, body) = within("upload response", response).await.expect("client task");
+    let (status, body) = upload_streamed(proxy.url("/upload"), &first_bytes).await;
     assert_eq!(
         (status, String::from_utf8_lossy(&body).into_owned()),
-        (StatusCode::OK, format!("ok {TOTAL}"))
+        (StatusCode::OK, format!("ok {UPLOAD_TOTAL}"))
     );
     let view = settled(&proxy, "green").await;
     assert_eq!(view["dropped"]["max_body"], 1, "{view}");
@@ -445,16 +414,7 @@ async fn a_client_cannot_pass_off_a_request_as_a_shadow_copy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_slow_upload_frees_its_slot_at_once() {
-    let blue = Upstream::start(|request| async move {
-        let len = request
-            .into_body()
-            .collect()
-            .await
-            .map(|c| c.to_bytes().len())
-            .unwrap_or(0);
-        Response::new(full(format!("got {len}")))
-    })
-    .await;
+    let blue = Upstream::body_length().await;
     let green = Upstream::named("green").await;
     let mirrors = "      - { version: green, percent: 100, max_body: 1KiB, max_in_flight: 1 }";
     let proxy = start(

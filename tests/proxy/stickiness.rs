@@ -158,3 +158,24 @@ async fn hash_key_buckets_grow_monotonically_from_5_to_20_percent() {
     assert!((150..=250).contains(&in20), "{in20} of 1000 keys in a 20% canary");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cookie_can_be_the_bucketing_key_and_buckets_match_the_published_vectors() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("sticky-cookie-key");
+    let path = dir.join("sluice.yaml");
+    let routing =
+        "      weights: { blue: 90, canary: 10 }\n      sticky: { cookie: sluice-app, hash_key: \"cookie:uid\" }";
+    write_config(&path, &blue_canary(blue.addr, canary.addr, routing, ""));
+    let proxy = controlled(&path, Options::default()).await;
+    let client = http1_client();
+    // docs/SPEC.md: "customer-42" → bucket 9401 (canary owns [9000, 10000) at 90/10),
+    // "user-2" → 2635 (blue).
+    for (key, want) in [("customer-42", "canary"), ("user-2", "blue")] {
+        for _ in 0..5 {
+            let cookie = format!("theme=dark; uid={key}");
+            assert_eq!(proxy.version_for(&client, &[("cookie", &cookie)]).await, want, "{key}");
+        }
+    }
+    proxy.shutdown().await;
+}

@@ -10,54 +10,22 @@ use tokio::sync::Notify;
 
 use crate::support::*;
 
-const TOTAL: usize = 20 << 20;
-const CHUNK: usize = 256 << 10;
+const TOTAL: usize = UPLOAD_TOTAL;
+const CHUNK: usize = UPLOAD_CHUNK;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_of_20mb_streams_intact() {
-    let first_bytes_upstream = Arc::new(Notify::new());
-    let seen = Arc::clone(&first_bytes_upstream);
-    let up = Upstream::start(move |request| {
-        let seen = Arc::clone(&seen);
-        async move {
-            let verdict = match check_pattern(request.into_body(), || seen.notify_one()).await {
-                Ok(len) => format!("ok {len}"),
-                Err(at) => format!("corrupt at {at}"),
-            };
-            Response::new(full(verdict))
-        }
-    })
-    .await;
+    let first_bytes = Arc::new(Notify::new());
+    let up = pattern_checking_upstream(Arc::clone(&first_bytes)).await;
     // 20 MB is above the default 16 MiB request body limit.
     let proxy = proxy_with(
         &service("up", "{}", &[("v", &[up.addr], 1)]),
         "defaults: { max_request_body: 32MiB }",
     )
     .await;
-
-    let (tx, body) = channel_body(4);
-    let request = Request::post(proxy.url("/upload")).body(body).expect("request");
-    let client = http1_client();
-    let response = tokio::spawn(async move { send(&client, request).await });
-
-    tx.send(Frame::data(pattern(0, CHUNK))).await.expect("send first chunk");
-    // The upstream must see the first chunk while the client still holds the other 19.75 MB.
-    within(
-        "upstream sees the first bytes before the upload ends",
-        first_bytes_upstream.notified(),
-    )
-    .await;
-    let mut offset = CHUNK;
-    while offset < TOTAL {
-        tx.send(Frame::data(pattern(offset as u64, CHUNK)))
-            .await
-            .expect("send chunk");
-        offset += CHUNK;
-    }
-    drop(tx);
-    let (status, _, body) = within("upload response", response).await.expect("client task");
+    let (status, body) = upload_streamed(proxy.url("/upload"), &first_bytes).await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(String::from_utf8_lossy(&body), format!("ok {TOTAL}"));
+    assert_eq!(String::from_utf8_lossy(&body), format!("ok {UPLOAD_TOTAL}"));
     proxy.shutdown().await;
 }
 

@@ -427,3 +427,69 @@ pub fn blue_canary(blue: SocketAddr, canary: SocketAddr, routing: &str, extra: &
 pub fn write_config(path: &std::path::Path, text: &str) {
     std::fs::write(path, text).expect("write config");
 }
+
+/// 20 MiB: the size of the streamed-upload tests, above the default body limit.
+pub const UPLOAD_TOTAL: usize = 20 << 20;
+/// The chunk size uploads are sent in.
+pub const UPLOAD_CHUNK: usize = 256 << 10;
+
+/// An upstream that checks each request body against the pattern and answers `ok LEN` or
+/// `corrupt at OFFSET`, notifying `first_bytes` as soon as the first data arrives.
+pub async fn pattern_checking_upstream(first_bytes: Arc<tokio::sync::Notify>) -> Upstream {
+    Upstream::start(move |request| {
+        let first_bytes = Arc::clone(&first_bytes);
+        async move {
+            let verdict = match check_pattern(request.into_body(), || first_bytes.notify_one()).await {
+                Ok(len) => format!("ok {len}"),
+                Err(at) => format!("corrupt at {at}"),
+            };
+            Response::new(full(verdict))
+        }
+    })
+    .await
+}
+
+/// POSTs [`UPLOAD_TOTAL`] bytes of the pattern to `url`, holding back everything after the first
+/// chunk until `first_bytes` fires: a proxy that buffered whole bodies never lets it fire, and
+/// the wait fails. Returns the answer's status and body.
+pub async fn upload_streamed(url: String, first_bytes: &tokio::sync::Notify) -> (StatusCode, Bytes) {
+    let (tx, body) = channel_body(4);
+    let request = Request::post(url).body(body).expect("request");
+    let client = http1_client();
+    let response = tokio::spawn(async move { send(&client, request).await });
+    tx.send(Frame::data(pattern(0, UPLOAD_CHUNK)))
+        .await
+        .expect("send first chunk");
+    within(
+        "the upstream sees the first bytes before the upload ends",
+        first_bytes.notified(),
+    )
+    .await;
+    let mut offset = UPLOAD_CHUNK;
+    while offset < UPLOAD_TOTAL {
+        tx.send(Frame::data(pattern(offset as u64, UPLOAD_CHUNK)))
+            .await
+            .expect("send chunk");
+        offset += UPLOAD_CHUNK;
+    }
+    drop(tx);
+    let (status, _, body) = within("upload response", response).await.expect("client task");
+    (status, body)
+}
+
+impl Upstream {
+    /// Reads each request body to the end and answers `got LEN`.
+    pub async fn body_length() -> Upstream {
+        Upstream::start(|request| async move {
+            use http_body_util::BodyExt;
+            let len = request
+                .into_body()
+                .collect()
+                .await
+                .map(|c| c.to_bytes().len())
+                .unwrap_or(0);
+            Response::new(full(format!("got {len}")))
+        })
+        .await
+    }
+}
