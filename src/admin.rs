@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
 use crate::config::{HostPattern, KeySource, Protocol, RuleMatch};
-use crate::control::{Control, ControlError};
+use crate::control::{Control, ControlError, RolloutCommand};
 use crate::table::Service;
 
 /// The Prometheus text exposition format.
@@ -95,6 +95,7 @@ impl From<ControlError> for ApiError {
     fn from(error: ControlError) -> Self {
         match error {
             ControlError::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+            ControlError::Conflict(m) => ApiError(StatusCode::CONFLICT, m),
             ControlError::Invalid(m) => ApiError(StatusCode::BAD_REQUEST, m),
             e @ ControlError::Config(_) => ApiError(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
             e @ ControlError::Persist(_) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
@@ -111,7 +112,7 @@ async fn handle(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> 
         let control = Arc::clone(&admin.control);
         let text = tokio::task::spawn_blocking(move || {
             let routing = control.routing();
-            crate::metrics::prometheus::render(routing.metrics(), &routing.load(), control.reloads())
+            crate::metrics::prometheus::render(routing.metrics(), &routing.load(), &control.counters())
         })
         .await
         .unwrap_or_default();
@@ -202,6 +203,16 @@ fn api_call(
             let revision = control.revert(name, target, actor)?;
             Ok(service_after(control, name, revision))
         }
+        (&Method::POST, ["services", name, "rollout", command]) => {
+            let command = RolloutCommand::parse(command).ok_or_else(|| {
+                ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("no such rollout command \"{command}\" (commands: start, pause, resume, promote, abort)"),
+                )
+            })?;
+            let revision = control.rollout_command(name, command, actor)?;
+            Ok(service_after(control, name, revision))
+        }
         (&Method::GET, ["history"]) => {
             let service = query_param(query, "service");
             if let Some(name) = &service {
@@ -221,7 +232,7 @@ fn api_call(
             Err(method_not_allowed("GET"))
         }
         (_, ["services", _, "weights"]) => Err(method_not_allowed("PUT")),
-        (_, ["services", _, "revert"] | ["reload"]) => Err(method_not_allowed("POST")),
+        (_, ["services", _, "revert"] | ["services", _, "rollout", _] | ["reload"]) => Err(method_not_allowed("POST")),
         _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no such path {path}"))),
     }
 }
@@ -381,6 +392,7 @@ pub fn service_view(control: &Control, service: &Service) -> Value {
         "rules": rules,
         "sticky": sticky,
         "mirror": service.mirrors.iter().map(|m| mirror_view(m)).collect::<Vec<Value>>(),
+        "rollout": control.rollout_view(&service.name),
     })
 }
 

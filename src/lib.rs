@@ -17,7 +17,9 @@
 //! - [`config`]: the YAML file, its raw serde types and `compile`, which reports every error.
 //! - [`table`]: the immutable routing table and the `ArcSwap` that publishes it.
 //! - [`health`]: active health checks; a change of health publishes a new table.
-//! - [`control`]: the only writer of the table: overrides, revisions, history, reload.
+//! - [`control`]: the only writer of the table: overrides, revisions, history, reload, and
+//!   the rollouts' reconciliation loop.
+//! - [`rollout`]: rollout states, guardrail verdicts and the step decision, as pure functions.
 //! - [`state`]: what survives a restart, in `state_dir`.
 //! - [`reload`]: the config file watcher and SIGHUP.
 //! - [`admin`]: the admin listener and its JSON API.
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod router;
 pub mod rules;
 pub mod split;

@@ -124,6 +124,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             Control::start(config, Some(text), Some(path.to_owned())).context("cannot start the control plane")?,
         );
         control.start_health_checks();
+        control.start_rollouts();
         let (stop, stopped) = tokio::sync::watch::channel(false);
         if let Some(address) = admin_address {
             let admin = tokio::net::TcpListener::bind(address)

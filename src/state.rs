@@ -22,9 +22,12 @@ pub const HISTORY_KEPT: usize = 1000;
 pub struct SavedState {
     /// The last revision published.
     pub revision: u64,
-    /// Manual weight overrides in force.
+    /// Manual weight overrides in force (a rollout's weights are its service's override).
     #[serde(default)]
     pub overrides: Overrides,
+    /// Each service's rollout, active or finished.
+    #[serde(default)]
+    pub rollouts: std::collections::BTreeMap<String, crate::rollout::RolloutState>,
 }
 
 /// The files in `state_dir`.
@@ -157,7 +160,7 @@ mod tests {
             .lines()
             .count();
         assert_eq!(lines, HISTORY_KEPT, "the file was rewritten");
-        let state: SavedState = serde_json::from_str(r#"{"revision": 3, "overrides": {}, "rollout": {"a": 1}}"#)
+        let state: SavedState = serde_json::from_str(r#"{"revision": 3, "overrides": {}, "future": {"a": 1}}"#)
             .expect("unknown fields are ignored");
         assert_eq!(state.revision, 3);
         let _ = fs::remove_dir_all(&dir);
@@ -179,6 +182,7 @@ mod tests {
             .save(&SavedState {
                 revision: 7,
                 overrides: overrides.clone(),
+                rollouts: Default::default(),
             })
             .expect("save");
         let entry = HistoryEntry {

@@ -26,6 +26,10 @@ pub enum Cause {
     Admin,
     /// An endpoint's health changed.
     Health,
+    /// A rollout moved to its next step (or finished, or paused for lack of data).
+    Rollout,
+    /// A guardrail was breached: the rollout rolled back or paused.
+    Guardrail,
 }
 
 impl Cause {
@@ -35,6 +39,8 @@ impl Cause {
             Cause::Config => "config",
             Cause::Admin => "admin",
             Cause::Health => "health",
+            Cause::Rollout => "rollout",
+            Cause::Guardrail => "guardrail",
         }
     }
 }

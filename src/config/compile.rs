@@ -308,6 +308,10 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
         .outlier_detection
         .as_ref()
         .and_then(|o| super::routing::compile_outlier_detection(&at, o, errors));
+    let rollout = raw
+        .rollout
+        .as_ref()
+        .and_then(|r| super::rollout::compile_rollout(&at, r, &names, errors));
 
     (errors.0.len() == before).then(|| ServiceSpec {
         name: raw.name.clone(),
@@ -319,6 +323,7 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
         sticky,
         mirrors,
         outlier_detection,
+        rollout,
     })
 }
 

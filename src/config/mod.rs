@@ -6,6 +6,7 @@
 
 mod compile;
 pub mod raw;
+pub mod rollout;
 mod routing;
 pub mod units;
 
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use compile::compile;
+pub use rollout::{Guardrails, OnBreach, RolloutSpec, Step};
 pub use units::EndpointAddr;
 
 /// Default connect timeout: long enough for a loaded host, short enough to retry elsewhere.
@@ -142,6 +144,8 @@ pub struct ServiceSpec {
     pub mirrors: Vec<MirrorSpec>,
     /// Passive ejection of failing endpoints.
     pub outlier_detection: Option<OutlierSpec>,
+    /// The rollout plan, if any.
+    pub rollout: Option<RolloutSpec>,
 }
 
 /// Passive outlier detection: `consecutive_failures` in a row eject an endpoint for `ejection`,

@@ -109,6 +109,71 @@ pub struct RawService {
     pub mirror: Vec<RawMirror>,
     /// Passive ejection of endpoints that keep failing.
     pub outlier_detection: Option<RawOutlierDetection>,
+    /// A canary or blue/green rollout plan with its guardrails.
+    pub rollout: Option<RawRollout>,
+}
+
+/// `services[i].rollout`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// The version that serves today.
+    pub baseline: String,
+    /// The version being rolled out.
+    pub canary: String,
+    /// Start when a reload changes the canary's endpoints.
+    #[serde(default)]
+    pub auto_start: bool,
+    /// The plan, in order.
+    #[serde(default)]
+    pub steps: Vec<RawStep>,
+    /// What a healthy canary looks like.
+    #[serde(default)]
+    pub guardrails: RawGuardrails,
+    /// `rollback` (default) or `pause`.
+    pub on_breach: Option<String>,
+}
+
+/// `rollout.steps[j]`: `weight` and/or `hold`, or `approval: true`, or `webhook`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStep {
+    /// The canary's share in percent, 0 to 100.
+    pub weight: Option<u64>,
+    /// How long to watch the guardrails before the next step, e.g. `60s`.
+    pub hold: Option<String>,
+    /// `true`: wait for an operator.
+    pub approval: Option<bool>,
+    /// Ask an HTTP endpoint.
+    pub webhook: Option<RawWebhook>,
+}
+
+/// `rollout.steps[j].webhook`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWebhook {
+    /// `http://host:port/path` to POST to.
+    pub url: String,
+    /// How long it may take to answer; default 5s.
+    pub timeout: Option<String>,
+}
+
+/// `rollout.guardrails`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGuardrails {
+    /// Sliding window the rules read, e.g. `30s`.
+    pub window: Option<String>,
+    /// Fewest canary requests in the window for a verdict.
+    pub min_requests: Option<u64>,
+    /// Highest canary error rate, 0 to 1.
+    pub max_error_rate: Option<f64>,
+    /// Highest canary error rate minus baseline error rate, 0 to 1.
+    pub max_error_rate_increase: Option<f64>,
+    /// Highest canary p99, e.g. `300ms`.
+    pub max_p99: Option<String>,
+    /// Highest canary p99 over baseline p99.
+    pub max_p99_ratio: Option<f64>,
 }
 
 /// `services[i].outlier_detection`.

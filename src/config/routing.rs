@@ -238,7 +238,7 @@ const MAX_HEALTH_THRESHOLD: u32 = 100;
 
 /// The duration `text` at `path`: above zero and, with `max`, at most that; `default` when not
 /// given or invalid (the error is pushed).
-fn positive_duration(
+pub(super) fn positive_duration(
     path: String,
     text: Option<&str>,
     default: std::time::Duration,

@@ -12,13 +12,17 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// Reload outcomes counted by the control plane.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Reloads {
+/// What the control plane counts: reloads, rollout steps and rollbacks.
+#[derive(Debug, Clone, Default)]
+pub struct ControlCounters {
     /// Successful reloads.
-    pub ok: u64,
+    pub reloads_ok: u64,
     /// Rejected (invalid) reloads.
-    pub failed: u64,
+    pub reloads_failed: u64,
+    /// Each service with a rollout plan: the active step, 1-based, or 0 when none is active.
+    pub rollout_steps: Vec<(String, u64)>,
+    /// Rollbacks by service and reason (the breached rule, or `abort`).
+    pub rollbacks: Vec<(String, String, u64)>,
 }
 
 fn escape(value: &str) -> String {
@@ -35,7 +39,7 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders every metric.
-pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> String {
+pub fn render(metrics: &Metrics, table: &RoutingTable, control: &ControlCounters) -> String {
     let mut out = String::with_capacity(4096);
     let versions = metrics.all();
     let labels = |v: &super::VersionMetrics| format!("{},role=\"{}\"", service_version(v), v.role.as_str());
@@ -158,12 +162,40 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, reloads: Reloads) -> Stri
         "counter",
         "Configuration reloads by result.",
     );
-    let _ = writeln!(out, "sluice_config_reloads_total{{result=\"ok\"}} {}", reloads.ok);
+    let _ = writeln!(
+        out,
+        "sluice_config_reloads_total{{result=\"ok\"}} {}",
+        control.reloads_ok
+    );
     let _ = writeln!(
         out,
         "sluice_config_reloads_total{{result=\"error\"}} {}",
-        reloads.failed
+        control.reloads_failed
     );
+
+    header(
+        &mut out,
+        "sluice_rollout_step",
+        "gauge",
+        "Step of the active rollout, 1-based; 0 when no rollout is active.",
+    );
+    for (service, step) in &control.rollout_steps {
+        let _ = writeln!(out, "sluice_rollout_step{{service=\"{}\"}} {step}", escape(service));
+    }
+    header(
+        &mut out,
+        "sluice_rollbacks_total",
+        "counter",
+        "Rollouts rolled back, by the breached rule (or abort).",
+    );
+    for (service, reason, count) in &control.rollbacks {
+        let _ = writeln!(
+            out,
+            "sluice_rollbacks_total{{service=\"{}\",reason=\"{}\"}} {count}",
+            escape(service),
+            escape(reason)
+        );
+    }
 
     if let Some(log) = metrics.access_log() {
         header(

@@ -10,6 +10,7 @@ mod hostile;
 mod metrics;
 mod pooling;
 mod reload;
+mod rollout;
 mod routing;
 mod shadow;
 mod stickiness;

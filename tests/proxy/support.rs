@@ -342,6 +342,7 @@ pub async fn controlled(path: &std::path::Path, options: Options) -> Controlled 
     let control =
         Arc::new(sluice::control::Control::start(config, Some(text), Some(path.to_owned())).expect("control"));
     control.start_health_checks();
+    control.start_rollouts();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
@@ -405,6 +406,25 @@ impl Controlled {
             .to_str()
             .expect("ascii")
             .to_owned()
+    }
+
+    /// The version that served a `GET /` (needs `expose_version: true`), whatever the status.
+    pub async fn version_for_any(&self, client: &Client<HttpConnector, Body>) -> String {
+        let (_, headers, _) = send(client, Request::get(self.url("/")).body(empty()).expect("request")).await;
+        headers
+            .get("x-sluice-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned()
+    }
+
+    /// GETs an admin path that answers text, such as `/metrics`.
+    pub async fn api_text(&self, path: &str) -> (StatusCode, String) {
+        let request = Request::get(format!("http://{}{}", self.admin, path))
+            .body(empty())
+            .expect("request");
+        let (status, _, bytes) = send(&http1_client(), request).await;
+        (status, String::from_utf8_lossy(&bytes).into_owned())
     }
 
     pub async fn shutdown(self) {
@@ -491,5 +511,70 @@ impl Upstream {
             Response::new(full(format!("got {len}")))
         })
         .await
+    }
+}
+
+/// Background traffic through the proxy: `loops` concurrent request loops, counting answers
+/// by the version that served them (`x-sluice-version`, or `-` without one) and status class.
+pub struct Load {
+    counts: Arc<std::sync::Mutex<std::collections::BTreeMap<(String, u16), u64>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `loops` loops sending `GET url`, each pausing `pace` between requests.
+    pub fn start(url: String, loops: usize, pace: Duration) -> Load {
+        let counts = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..loops)
+            .map(|_| {
+                let (counts, stop, url) = (Arc::clone(&counts), Arc::clone(&stop), url.clone());
+                tokio::spawn(async move {
+                    let client = http1_client();
+                    while !stop.load(Ordering::SeqCst) {
+                        let request = Request::get(url.as_str()).body(empty()).expect("request");
+                        if let Ok(Ok(response)) = tokio::time::timeout(DEADLINE, client.request(request)).await {
+                            let version = response
+                                .headers()
+                                .get("x-sluice-version")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-")
+                                .to_owned();
+                            let status = response.status().as_u16();
+                            let _ = response.into_body().collect().await;
+                            *counts.lock().expect("counts").entry((version, status)).or_default() += 1;
+                        }
+                        tokio::time::sleep(pace).await;
+                    }
+                })
+            })
+            .collect();
+        Load { counts, stop, tasks }
+    }
+
+    /// Answers from `version` so far, any status.
+    pub fn served_by(&self, version: &str) -> u64 {
+        let counts = self.counts.lock().expect("counts");
+        counts.iter().filter(|((v, _), _)| v == version).map(|(_, n)| n).sum()
+    }
+
+    /// Answers with `status` from `version` so far.
+    pub fn count(&self, version: &str, status: u16) -> u64 {
+        let counts = self.counts.lock().expect("counts");
+        counts.get(&(version.to_owned(), status)).copied().unwrap_or(0)
+    }
+
+    /// Every answer so far.
+    pub fn total(&self) -> u64 {
+        self.counts.lock().expect("counts").values().sum()
+    }
+
+    /// Stops the loops and waits for them.
+    pub async fn stop(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for task in self.tasks {
+            within("load loop stops", task).await.expect("load loop");
+        }
     }
 }

@@ -5,7 +5,11 @@
 //!
 //! Writers are serialised by one mutex; the request path never touches it.
 
-use std::collections::{BTreeMap, VecDeque};
+mod rollouts;
+
+pub use rollouts::{now_ms, RolloutCommand};
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
@@ -14,6 +18,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, ConfigErrors};
+use crate::rollout::RolloutState;
 use crate::state::{SavedState, StateStore};
 use crate::table::{Cause, Overrides, Routing, RoutingTable};
 
@@ -43,6 +48,9 @@ pub enum ControlError {
     /// No such service or revision.
     #[error("{0}")]
     NotFound(String),
+    /// The request does not fit the current state (a rollout command out of turn).
+    #[error("{0}")]
+    Conflict(String),
     /// The request is invalid; the message says why.
     #[error("{0}")]
     Invalid(String),
@@ -80,12 +88,22 @@ struct Inner {
     last_reload: Option<ReloadStatus>,
     reloads_ok: u64,
     reloads_failed: u64,
+    /// Each service's rollout, active or finished; persisted with the overrides.
+    rollouts: BTreeMap<String, RolloutState>,
+    /// Webhook calls of webhook steps, by service.
+    webhooks: HashMap<String, rollouts::WebhookCall>,
+    /// The guardrails' latest reading of each progressing rollout.
+    judgements: HashMap<String, rollouts::Judgement>,
+    /// Rollbacks by service and reason, for `sluice_rollbacks_total`.
+    rollbacks: BTreeMap<(String, String), u64>,
 }
 
 /// The control plane. Cheap to share: hold it in an `Arc`.
 pub struct Control {
     routing: Arc<Routing>,
     health: std::sync::OnceLock<crate::health::HealthChecks>,
+    /// The runtime webhook calls run on, once the reconciliation loop is started.
+    runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     inner: Mutex<Inner>,
     store: Option<StateStore>,
     config_path: Option<PathBuf>,
@@ -118,6 +136,10 @@ impl Control {
         for warning in reconcile_overrides(&mut overrides, &config) {
             tracing::warn!("{warning}");
         }
+        let mut rollouts = saved.rollouts;
+        for warning in rollouts::reconcile(&mut rollouts, &config, rollouts::now_ms()) {
+            tracing::warn!("{warning}");
+        }
         let routing = Arc::new(Routing::new(&config));
         if let Some(path) = &config.access_log {
             let log = crate::metrics::access_log::AccessLog::open(path).map_err(|e| {
@@ -135,10 +157,15 @@ impl Control {
             last_reload: None,
             reloads_ok: 0,
             reloads_failed: 0,
+            rollouts,
+            webhooks: HashMap::new(),
+            judgements: HashMap::new(),
+            rollbacks: BTreeMap::new(),
         };
         let control = Self {
             routing,
             health: std::sync::OnceLock::new(),
+            runtime: std::sync::OnceLock::new(),
             inner: Mutex::new(inner),
             store,
             config_path,
@@ -274,6 +301,7 @@ impl Control {
             let saved = SavedState {
                 revision,
                 overrides: inner.overrides.clone(),
+                rollouts: inner.rollouts.clone(),
             };
             store
                 .save(&saved)
@@ -293,7 +321,43 @@ impl Control {
         Ok(revision)
     }
 
-    /// Sets `service`'s override to `weights` and commits, or leaves everything as it was.
+    /// Sets `service`'s rollout state and weight override (each when given) and commits, or
+    /// leaves everything as it was.
+    fn commit_change(
+        &self,
+        inner: &mut Inner,
+        service: &str,
+        rollout: Option<RolloutState>,
+        weights: Option<BTreeMap<String, u32>>,
+        cause: Cause,
+        actor: String,
+    ) -> Result<u64, ControlError> {
+        fn swap<T>(map: &mut BTreeMap<String, T>, key: &str, value: Option<T>) -> Option<Option<T>> {
+            value.map(|value| map.insert(key.to_owned(), value))
+        }
+        fn restore<T>(map: &mut BTreeMap<String, T>, key: &str, old: Option<Option<T>>) {
+            match old {
+                Some(Some(old)) => {
+                    map.insert(key.to_owned(), old);
+                }
+                Some(None) => {
+                    map.remove(key);
+                }
+                None => {}
+            }
+        }
+        let old_rollout = swap(&mut inner.rollouts, service, rollout);
+        let old_weights = swap(&mut inner.overrides, service, weights);
+        let committed = self.commit(inner, cause, actor, vec![service.to_owned()]);
+        if committed.is_err() {
+            restore(&mut inner.rollouts, service, old_rollout);
+            restore(&mut inner.overrides, service, old_weights);
+        }
+        committed
+    }
+
+    /// Sets `service`'s override to `weights` and commits (cause `admin`); a rollout in
+    /// progress pauses in the same revision.
     fn commit_override(
         &self,
         inner: &mut Inner,
@@ -301,15 +365,12 @@ impl Control {
         weights: BTreeMap<String, u32>,
         actor: String,
     ) -> Result<u64, ControlError> {
-        let previous = inner.overrides.insert(service.to_owned(), weights);
-        let committed = self.commit(inner, Cause::Admin, actor, vec![service.to_owned()]);
-        if committed.is_err() {
-            match previous {
-                Some(previous) => inner.overrides.insert(service.to_owned(), previous),
-                None => inner.overrides.remove(service),
-            };
-        }
-        committed
+        let paused = rollouts::pause_for_manual_change(inner, service, &actor);
+        let actor = match &paused {
+            Some(_) => format!("{actor} (rollout paused)"),
+            None => actor,
+        };
+        self.commit_change(inner, service, paused, Some(weights), Cause::Admin, actor)
     }
 
     /// Sets a service's weights (an override that outlives reloads and restarts). Versions
@@ -393,16 +454,25 @@ impl Control {
         let mut warnings = restart_warnings(&inner.config, &config);
         warnings.extend(config.warnings.iter().cloned());
         let old_overrides = inner.overrides.clone();
+        let old_rollouts = inner.rollouts.clone();
         warnings.extend(reconcile_overrides(&mut inner.overrides, &config));
+        let now = rollouts::now_ms();
+        warnings.extend(rollouts::reconcile(&mut inner.rollouts, &config, now));
+        let started = rollouts::auto_start(&mut inner, &config, now);
         let spec_changed = changed_services(&inner.config, &config);
         let old_config = std::mem::replace(&mut inner.config, config);
         let old_text = inner.config_text.replace(text);
-        let revision = match self.commit(&mut inner, Cause::Config, actor.to_owned(), spec_changed) {
+        let history_actor = match started.is_empty() {
+            true => actor.to_owned(),
+            false => format!("{actor}; auto_start: rollout of {} started", started.join(", ")),
+        };
+        let revision = match self.commit(&mut inner, Cause::Config, history_actor, spec_changed) {
             Ok(revision) => revision,
             Err(error) => {
                 inner.config = old_config;
                 inner.config_text = old_text;
                 inner.overrides = old_overrides;
+                inner.rollouts = old_rollouts;
                 // Checkers were synced to the rejected config: put them back.
                 if let Some(health) = self.health.get() {
                     health.sync(&inner.config, self.routing.registries());
@@ -414,6 +484,9 @@ impl Control {
         };
         for warning in &warnings {
             tracing::warn!("{warning}");
+        }
+        for service in &started {
+            tracing::info!(%service, "rollout started by auto_start: the canary's endpoints changed");
         }
         inner.reloads_ok += 1;
         let ok = status("ok", Vec::new(), warnings, revision);
@@ -428,12 +501,32 @@ impl Control {
         inner.history.iter().rev().filter(wanted).cloned().collect()
     }
 
-    /// Reload outcomes so far, for `sluice_config_reloads_total`.
-    pub fn reloads(&self) -> crate::metrics::prometheus::Reloads {
+    /// The control plane's own counters, for `/metrics`: reloads, rollout steps, rollbacks.
+    pub fn counters(&self) -> crate::metrics::prometheus::ControlCounters {
         let inner = self.lock();
-        crate::metrics::prometheus::Reloads {
-            ok: inner.reloads_ok,
-            failed: inner.reloads_failed,
+        let rollout_steps = inner
+            .config
+            .services
+            .iter()
+            .filter(|s| s.rollout.is_some())
+            .map(|s| {
+                let step = inner
+                    .rollouts
+                    .get(&s.name)
+                    .filter(|r| r.phase.is_active())
+                    .map_or(0, |r| r.step as u64 + 1);
+                (s.name.clone(), step)
+            })
+            .collect();
+        crate::metrics::prometheus::ControlCounters {
+            reloads_ok: inner.reloads_ok,
+            reloads_failed: inner.reloads_failed,
+            rollout_steps,
+            rollbacks: inner
+                .rollbacks
+                .iter()
+                .map(|((s, r), n)| (s.clone(), r.clone(), *n))
+                .collect(),
         }
     }
 
