@@ -70,6 +70,60 @@ pub enum CtlCommand {
     },
     /// Re-read the config file now.
     Reload,
+    /// Drive SERVICE's rollout: start, pause, resume (also passes an approval step), promote, abort.
+    Rollout {
+        /// What to do.
+        action: RolloutAction,
+        /// The service.
+        service: String,
+    },
+    /// Live view of SERVICE's rollout: step, weights, per-version rps, error rate and latency.
+    Watch {
+        /// The service.
+        service: String,
+        /// Time between refreshes.
+        #[arg(long, default_value = "1s", value_parser = parse_interval)]
+        interval: Duration,
+        /// Stop after this many refreshes (0: until Ctrl-C).
+        #[arg(long, default_value_t = 0)]
+        count: u64,
+    },
+}
+
+/// `sluice ctl rollout ACTION`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum RolloutAction {
+    /// Start from the first step.
+    Start,
+    /// Stop where it is.
+    Pause,
+    /// Continue a paused rollout, or pass an approval step.
+    Resume,
+    /// Jump to 100% and finish.
+    Promote,
+    /// Roll back to 0% and finish.
+    Abort,
+}
+
+impl RolloutAction {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+            Self::Promote => "promote",
+            Self::Abort => "abort",
+        }
+    }
+}
+
+/// Parses a refresh interval such as `500ms` or `2s`.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let interval = crate::config::units::duration(text)?;
+    if interval < Duration::from_millis(100) {
+        return Err("use an interval of at least 100ms".into());
+    }
+    Ok(interval)
 }
 
 /// Why a `ctl` command failed; each kind has its exit code.
@@ -101,25 +155,155 @@ fn execute(args: &CtlArgs) -> Result<(), Failure> {
         ),
         None => None,
     };
-    let (method, path, body) = plan(&args.command)?;
-    let uri: Uri = format!("{base}{path}")
-        .parse()
-        .map_err(|e| Failure::Usage(format!("invalid admin URL {base}{path}: {e}")))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Request(format!("cannot start the runtime: {e}")))?;
-    let request = build_request(method, uri, token.as_deref(), body)?;
-    let (status, raw) = runtime.block_on(send(request, &base))?;
-    let answer = answer(status, &raw, &base)?;
+    if let CtlCommand::Watch {
+        service,
+        interval,
+        count,
+    } = &args.command
+    {
+        return runtime.block_on(watch(&base, token.as_deref(), service, *interval, *count, args.json));
+    }
+    let (method, path, body) = plan(&args.command)?;
+    let (raw, answer) = runtime.block_on(call(&base, method, &path, token.as_deref(), body))?;
     let output = if args.json {
         pretty(&raw)
     } else {
         render(&args.command, &answer)
     };
-    std::io::stdout()
+    print(&output)
+}
+
+fn print(output: &str) -> Result<(), Failure> {
+    let mut stdout = std::io::stdout();
+    stdout
         .write_all(output.as_bytes())
+        .and_then(|()| stdout.flush())
         .map_err(|e| Failure::Request(format!("cannot write the output: {e}")))
+}
+
+/// One admin API call: the raw answer and its JSON.
+async fn call(
+    base: &str,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> Result<(Bytes, Value), Failure> {
+    let uri: Uri = format!("{base}{path}")
+        .parse()
+        .map_err(|e| Failure::Usage(format!("invalid admin URL {base}{path}: {e}")))?;
+    let request = build_request(method, uri, token, body)?;
+    let (status, raw) = send(request, base).await?;
+    let answer = answer(status, &raw, base)?;
+    Ok((raw, answer))
+}
+
+/// `ctl watch`: the service and its stats, redrawn every `interval` (on a terminal the screen
+/// is cleared first; otherwise frames follow each other), `count` times or until Ctrl-C.
+async fn watch(
+    base: &str,
+    token: Option<&str>,
+    service: &str,
+    interval: Duration,
+    count: u64,
+    json: bool,
+) -> Result<(), Failure> {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let service_path = format!("/api/v1/services/{}", encode(service));
+    let stats_path = format!("{service_path}/stats");
+    let mut ticker = tokio::time::interval(interval);
+    let mut shown = 0;
+    loop {
+        ticker.tick().await;
+        let (_, answer) = call(base, Method::GET, &service_path, token, None).await?;
+        let (_, stats) = call(base, Method::GET, &stats_path, token, None).await?;
+        let frame = if json {
+            json!({ "revision": answer["revision"], "service": answer["service"], "stats": stats }).to_string() + "\n"
+        } else {
+            let screen = watch_screen(&answer, &stats);
+            match terminal {
+                true => format!("\x1b[H\x1b[2J{screen}"),
+                false => format!("{screen}\n"),
+            }
+        };
+        print(&frame)?;
+        shown += 1;
+        if count != 0 && shown >= count {
+            return Ok(());
+        }
+    }
+}
+
+/// One frame of `ctl watch`.
+fn watch_screen(answer: &Value, stats: &Value) -> String {
+    let service = &answer["service"];
+    let rollout = &service["rollout"];
+    let mut out = format!(
+        "{}  revision {}  {}\n",
+        text(&service["name"]),
+        text(&answer["revision"]),
+        now_utc()
+    );
+    if rollout.is_null() {
+        out += "rollout: no plan configured\n";
+    } else {
+        let state = text(&rollout["state"]);
+        out += &format!(
+            "rollout: {state}  {} → {}",
+            text(&rollout["baseline"]),
+            text(&rollout["canary"])
+        );
+        if !rollout["step"].is_null() {
+            out += &format!("  step {}/{}", text(&rollout["step"]), text(&rollout["steps"]));
+            if let Some(kind) = rollout["step_kind"].as_str() {
+                out += &format!(" ({kind})");
+            }
+            out += &format!("  canary weight {}", text(&rollout["canary_weight"]));
+        }
+        if let Some(ms) = rollout["hold_remaining_ms"].as_u64() {
+            out += &format!("  hold left {:.1}s", ms as f64 / 1000.0);
+        }
+        out.push('\n');
+        if let Some(reason) = rollout["reason"].as_str() {
+            out += &format!("reason: {reason}\n");
+        }
+        if let Some(verdict) = rollout["judgement"]["verdict"].as_str() {
+            let extended = if rollout["judgement"]["extended"] == true {
+                " (hold extended)"
+            } else {
+                ""
+            };
+            out += &format!("guardrails: {verdict}{extended}\n");
+        }
+    }
+    out.push('\n');
+    let mut rows = Vec::new();
+    let versions = service["versions"].as_array().cloned().unwrap_or_default();
+    for row in stats["versions"].as_array().into_iter().flatten() {
+        let name = text(&row["version"]);
+        let version = versions.iter().find(|v| v["name"] == row["version"]);
+        let w = &row["windows"]["10s"];
+        let number = |key: &str| w[key].as_f64().unwrap_or(0.0);
+        rows.push(vec![
+            name,
+            version.map_or_else(|| "-".into(), |v| text(&v["weight"])),
+            version.map_or_else(|| "-".into(), |v| format!("{:.1}%", v["share"].as_f64().unwrap_or(0.0))),
+            format!("{:.1}", number("rps")),
+            format!("{:.2}%", number("error_rate") * 100.0),
+            format!("{:.1} ms", number("p50_ms")),
+            format!("{:.1} ms", number("p99_ms")),
+        ]);
+    }
+    let header = ["VERSION", "WEIGHT", "SHARE", "RPS (10s)", "ERRORS", "P50", "P99"];
+    out + &table(&header, &rows)
+}
+
+fn now_utc() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
 }
 
 /// The base URL without a trailing slash; a bare `host:port` means `http://host:port`.
@@ -175,6 +359,11 @@ fn plan(command: &CtlCommand) -> Result<(Method, String, Option<Value>), Failure
             (Method::POST, path, Some(json!({ "revision": revision })))
         }
         CtlCommand::Reload => (Method::POST, "/api/v1/reload".into(), None),
+        CtlCommand::Rollout { action, service } => {
+            let path = format!("/api/v1/services/{}/rollout/{}", encode(service), action.as_str());
+            (Method::POST, path, None)
+        }
+        CtlCommand::Watch { service, .. } => (Method::GET, format!("/api/v1/services/{}", encode(service)), None),
     })
 }
 
@@ -290,7 +479,26 @@ fn render(command: &CtlCommand, answer: &Value) -> String {
         CtlCommand::Status { .. } | CtlCommand::Weights { .. } | CtlCommand::Revert { .. } => status_table(answer),
         CtlCommand::History { service } => history_table(answer, service.as_deref()),
         CtlCommand::Reload => reload_report(answer),
+        CtlCommand::Rollout { .. } | CtlCommand::Watch { .. } => rollout_report(answer),
     }
+}
+
+/// A rollout command's outcome: state, step, reason and the weights now.
+fn rollout_report(answer: &Value) -> String {
+    let service = &answer["service"];
+    let rollout = &service["rollout"];
+    let mut out = format!(
+        "{}: rollout {} at step {}/{} (revision {})\n",
+        text(&service["name"]),
+        text(&rollout["state"]),
+        text(&rollout["step"]),
+        text(&rollout["steps"]),
+        text(&answer["revision"])
+    );
+    if let Some(reason) = rollout["reason"].as_str() {
+        out += &format!("reason: {reason}\n");
+    }
+    out + &status_table(answer)
 }
 
 /// `revision N` and one row per version of each service in `answer`.

@@ -346,3 +346,107 @@ fn sighup_reloads_the_config() {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().expect("wait").success());
 }
+
+/// A minimal HTTP/1.1 upstream on std threads answering every request with `body`.
+fn answering_upstream(body: &'static str) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || loop {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                if stream.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `method path` to `addr` over a fresh connection; returns the body.
+fn http_call(addr: &str, method: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+fn rollout_of(admin: &str) -> serde_json::Value {
+    let body = http_get(admin, "/api/v1/services/app");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    answer["service"].clone()
+}
+
+#[test]
+fn a_rollout_survives_kill_9_and_resumes_where_it_was() {
+    let dir = temp_dir("kill9");
+    let config = dir.join("sluice.yaml");
+    let (blue, canary) = (answering_upstream("blue"), answering_upstream("canary"));
+    std::fs::write(
+        &config,
+        format!(
+            "listeners: [{{ name: p, address: 127.0.0.1:0 }}]\nadmin: {{ address: 127.0.0.1:0 }}\nstate_dir: {}\n\
+             services:\n  - name: app\n    versions:\n      blue: {{ endpoints: [{blue}] }}\n      canary: {{ endpoints: [{canary}] }}\n    routing: {{ weights: {{ blue: 100 }} }}\n    rollout:\n      baseline: blue\n      canary: canary\n      steps:\n        - {{ weight: 50, hold: 1s }}\n        - {{ weight: 60, hold: 1h }}\n      guardrails: {{ min_requests: 5 }}\n",
+            dir.join("state").display()
+        ),
+    )
+    .expect("write config");
+    let (mut child, addr, admin, _) = spawn_sluice_with_admin(&config, true);
+    let admin = admin.expect("admin address");
+    assert!(http_call(&admin, "POST", "/api/v1/services/app/rollout/start").contains("\"progressing\""));
+    // Traffic, so the first hold gets its verdict and passes.
+    let stop = Arc::new(AtomicUsize::new(0));
+    let traffic = {
+        let (stop, addr) = (Arc::clone(&stop), addr.clone());
+        std::thread::spawn(move || {
+            while stop.load(Ordering::SeqCst) == 0 {
+                http_get(&addr, "/");
+            }
+        })
+    };
+    wait_until("the rollout reaches step 2", || {
+        rollout_of(&admin)["rollout"]["step"] == 2
+    });
+    stop.store(1, Ordering::SeqCst);
+    traffic.join().expect("traffic");
+    let before = rollout_of(&admin);
+    child.kill().expect("kill -9");
+    let _ = child.wait();
+
+    let (mut child, addr, admin, _) = spawn_sluice_with_admin(&config, true);
+    let after = rollout_of(&admin.expect("admin address"));
+    assert_eq!(after["rollout"]["state"], "progressing");
+    assert_eq!(after["rollout"]["step"], 2);
+    assert_eq!(
+        after["rollout"]["step_started"], before["rollout"]["step_started"],
+        "the hold counts from its recorded start"
+    );
+    let weights: Vec<u64> = after["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| v["weight"].as_u64().expect("weight"))
+        .collect();
+    assert_eq!(weights, vec![40, 60], "the rollout's weights, not the file's 100/0");
+    let canary_answers = (0..50).filter(|_| http_get(&addr, "/") == "canary").count();
+    assert!(canary_answers > 0, "the canary serves again after the restart");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(child.wait().expect("wait").success());
+}

@@ -333,3 +333,61 @@ fn reload_applies_the_file_or_reports_its_errors() {
     assert!(message.contains("unknown version \"bleu\""), "{message}");
     assert_eq!(server.weights("app"), pairs(&[("blue", 60), ("canary", 40)]));
 }
+
+const ROLLOUT: &str = "listeners: [{ name: public, address: 127.0.0.1:0 }]
+services:
+  - name: app
+    versions:
+      blue: { endpoints: [127.0.0.1:9001] }
+      canary: { endpoints: [127.0.0.1:9101] }
+    routing: { weights: { blue: 100 } }
+    rollout:
+      baseline: blue
+      canary: canary
+      steps:
+        - { weight: 20, hold: 1h }
+        - { approval: true }
+";
+
+#[test]
+fn rollout_commands_and_watch() {
+    let server = start(ROLLOUT, None, None);
+    let started = ok(&server.ctl(&["rollout", "start", "app"]));
+    assert!(started.starts_with("app: rollout progressing at step 1/2"), "{started}");
+    assert!(
+        started.contains("reason: started by admin 127.0.0.1; step 1/2: weight 20, hold 1h"),
+        "{started}"
+    );
+    assert_eq!(server.weights("app"), [("blue".into(), 80), ("canary".into(), 20)]);
+    assert!(ok(&server.ctl(&["rollout", "pause", "app"])).starts_with("app: rollout paused at step 1/2"));
+
+    let refused = server.ctl(&["rollout", "pause", "app"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("error: the rollout of \"app\" is already paused"),
+        "{}",
+        stderr(&refused)
+    );
+    let usage = server.ctl(&["rollout", "jump", "app"]);
+    assert_eq!(usage.status.code(), Some(2), "clap refuses an unknown action");
+
+    // Two frames, each with the rollout line and the version table.
+    let frames = ok(&server.ctl(&["watch", "app", "--count", "2", "--interval", "100ms"]));
+    assert_eq!(
+        frames
+            .matches("rollout: paused  blue → canary  step 1/2 (weight 20, hold 1h)  canary weight 20")
+            .count(),
+        2,
+        "{frames}"
+    );
+    assert_eq!(frames.matches("VERSION").count(), 2, "{frames}");
+    let canary = row(&frames, &["canary"]);
+    assert_eq!(&canary[..3], ["canary", "20", "20.0%"], "{frames}");
+
+    let json = ok(&server.ctl(&["watch", "app", "--count", "1", "--json"]));
+    let frame: serde_json::Value = serde_json::from_str(json.trim()).expect("one JSON line");
+    assert_eq!(frame["service"]["rollout"]["state"], "paused");
+    assert_eq!(frame["stats"]["service"], "app");
+    let bad = server.ctl(&["watch", "app", "--interval", "1ms"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
