@@ -44,11 +44,13 @@ pub struct Plan {
 }
 
 /// Picks the mirrors a request is copied to: each by its percent, and only while it has fewer
-/// than `max_in_flight` copies in flight (the slot is taken here, so the bound is strict).
-pub fn select(service: &Service) -> Vec<Plan> {
+/// than `max_in_flight` copies in flight (the slot is taken here, so the bound is strict). A
+/// request is never copied to the version that serves it (after a blue/green switch, the
+/// mirrored version may be the primary).
+pub fn select(service: &Service, primary: &str) -> Vec<Plan> {
     let mut plans = Vec::new();
     for mirror in &service.mirrors {
-        if fastrand::f64() * 100.0 >= mirror.percent {
+        if *mirror.version == *primary || fastrand::f64() * 100.0 >= mirror.percent {
             continue;
         }
         match mirror.metrics.try_begin(mirror.max_in_flight) {

@@ -114,7 +114,7 @@ impl Proxy {
         let tee = if service.mirrors.is_empty() || upgrade {
             None
         } else {
-            mirror_request(service, &parts, &table, outcome)
+            mirror_request(service, &version.name, &parts, &table, outcome)
         };
         let outgoing = Request::from_parts(parts, RequestBody::teed(body, limit, tee));
 
@@ -339,11 +339,12 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 /// the body for them, if any mirror fired.
 fn mirror_request(
     service: &Service,
+    primary: &str,
     parts: &http::request::Parts,
     table: &RoutingTable,
     outcome: &mut Outcome,
 ) -> Option<Tee> {
-    let plans = mirror::select(service);
+    let plans = mirror::select(service, primary);
     if plans.is_empty() {
         return None;
     }

@@ -541,6 +541,18 @@ async fn blue_green_switch_guards_after_the_switch_and_switches_back() {
     assert_eq!(gw(&switched), vec![0, 100]);
     let green_before = load.served_by("green");
     wait_until("green serves", || load.served_by("green") > green_before + 50).await;
+    // A request green serves is not also copied to green.
+    let copies = |s: &Value| {
+        s["mirror"][0]["sent"].as_u64().expect("sent") + s["mirror"][0]["in_flight"].as_u64().expect("in flight")
+    };
+    let sent = copies(&service(&p).await);
+    let green_before = load.served_by("green");
+    wait_until("green serves more", || load.served_by("green") > green_before + 50).await;
+    assert_eq!(
+        copies(&service(&p).await),
+        sent,
+        "no shadow copies while green is the primary"
+    );
 
     // Green breaks after the switch: the hold is still guarding, blue takes everything back.
     broken.store(true, Ordering::SeqCst);
