@@ -21,9 +21,10 @@ const Z_95: f64 = 1.644_853_626_951_472_2;
 /// A p99 ratio breach also needs the canary to be this much slower than the baseline, so
 /// scheduling noise on sub-millisecond services does not roll back a healthy canary.
 pub const P99_RATIO_FLOOR_MS: f64 = 1.0;
-/// Silence is a breach only once the canary should have received at least this many requests
-/// by its weight (the chance of none by bad luck is then below e^-10).
-pub const SILENCE_EXPECTED: f64 = 10.0;
+/// Silence is a breach only once the canary should have answered at least this many requests
+/// by its weight: the chance of none by bad luck is then below e^-20 per span, so even
+/// evaluations five times a second for hours do not add up to a false rollback.
+pub const SILENCE_EXPECTED: f64 = 20.0;
 /// A hold without a verdict is extended up to this many times its length in all, then pauses.
 pub const HOLD_EXTENSION: u32 = 3;
 
@@ -171,8 +172,7 @@ impl Verdict {
     }
 }
 
-/// What the guardrails read: both versions' windows, and the counts since the canary's current
-/// weight was set (for silence).
+/// What the guardrails read: both versions' windows, and recent counts (for silence).
 #[derive(Debug, Clone)]
 pub struct Observation {
     /// The canary's window (its shadow window during a weight-0 preview with a mirror).
@@ -181,10 +181,9 @@ pub struct Observation {
     pub baseline: WindowStats,
     /// The canary's share in force, percent.
     pub weight: u32,
-    /// Canary requests since that share was set.
-    pub canary_since_weight: u64,
-    /// Baseline requests since that share was set.
-    pub baseline_since_weight: u64,
+    /// `(canary, baseline)` answers over recent spans, all since that share was set (1 s,
+    /// 2 s, 4 s, ... up to the window): a canary falling silent shows in the short ones.
+    pub recent: Vec<(u64, u64)>,
 }
 
 /// The Wilson score interval of `errors` in `n` at the one-sided 95% level: `(lower, upper)`.
@@ -219,16 +218,16 @@ pub fn difference_lower_bound(canary: (u64, u64), baseline: (u64, u64)) -> f64 {
 /// baseline is skipped while the baseline has fewer than `min_requests`.
 pub fn judge(g: &Guardrails, o: &Observation) -> Verdict {
     let (c, b) = (&o.canary, &o.baseline);
-    if o.weight > 0 && o.weight < 100 && o.canary_since_weight == 0 {
-        let expected = o.baseline_since_weight as f64 * f64::from(o.weight) / f64::from(100 - o.weight);
-        if o.baseline_since_weight >= g.min_requests && expected >= SILENCE_EXPECTED {
+    for &(canary, baseline) in o.recent.iter().filter(|_| o.weight > 0 && o.weight < 100) {
+        let expected = baseline as f64 * f64::from(o.weight) / f64::from(100 - o.weight);
+        if canary == 0 && baseline >= g.min_requests && expected >= SILENCE_EXPECTED {
             return Verdict::Breach(Breach {
                 rule: "silence".into(),
                 value: 0.0,
                 threshold: expected,
                 message: format!(
-                    "silence: the canary got no request while the baseline served {} (about {expected:.0} expected at weight {})",
-                    o.baseline_since_weight, o.weight
+                    "silence: the canary answered nothing while the baseline answered {baseline} (about {expected:.0} expected at weight {})",
+                    o.weight
                 ),
             });
         }
@@ -335,7 +334,12 @@ pub fn next(spec: &RolloutSpec, state: &RolloutState, now_ms: u64, verdict: &Ver
         return Next::Breach(breach.clone());
     }
     let Some(step) = spec.steps.get(state.step) else {
-        return Next::Advance;
+        // Only a reload that shortened the plan gets here: never promote on that.
+        return Next::Inconclusive(format!(
+            "the plan has no step {} any more (it has {})",
+            state.step + 1,
+            spec.steps.len()
+        ));
     };
     match step {
         Step::Weight { hold: None, .. } => Next::Advance,
@@ -446,8 +450,7 @@ mod tests {
 
     fn observe(canary: WindowStats, baseline: WindowStats) -> Observation {
         Observation {
-            canary_since_weight: canary.requests,
-            baseline_since_weight: baseline.requests,
+            recent: vec![(canary.requests, baseline.requests)],
             canary,
             baseline,
             weight: 10,
@@ -462,7 +465,7 @@ mod tests {
     }
 
     #[test]
-    fn wilson_bounds_match_published_values() {
+    fn wilson_bounds_match_the_formula() {
         // Reference values from an independent Python evaluation of Wilson's formula, z = 1.6449.
         let (lower, upper) = wilson(5, 100);
         assert!((lower - 0.024_547).abs() < 1e-5, "{lower}");
@@ -535,10 +538,10 @@ mod tests {
             judge(&g, &observe(window(49, 49, 5.0), window(600, 0, 5.0))),
             Verdict::Inconclusive(_)
         ));
+        // Answers earlier, none in the last span: silent now.
         let silent = Observation {
-            canary_since_weight: 0,
-            baseline_since_weight: 600,
-            ..observe(window(0, 0, 0.0), window(600, 0, 5.0))
+            recent: vec![(0, 600), (3, 700)],
+            ..observe(window(60, 0, 5.0), window(700, 0, 5.0))
         };
         assert_eq!(rule(judge(&g, &silent)), "silence");
         // Weight 1% of 600: about 6 expected, none is not yet telling.
@@ -546,10 +549,10 @@ mod tests {
             weight: 1,
             ..silent.clone()
         };
-        assert!(matches!(judge(&g, &rare), Verdict::Inconclusive(_)));
+        assert_eq!(judge(&g, &rare), Verdict::Healthy);
         // Weight 0: no traffic is expected.
         let zero = Observation { weight: 0, ..silent };
-        assert!(matches!(judge(&g, &zero), Verdict::Inconclusive(_)));
+        assert_eq!(judge(&g, &zero), Verdict::Healthy);
     }
 
     fn plan(steps: Vec<Step>) -> RolloutSpec {

@@ -19,7 +19,7 @@ use crate::metrics::Role;
 use crate::rollout::{self, Breach, Next, Observation, Phase, RolloutState, Verdict, WebhookStatus};
 use crate::table::{Cause, Service};
 
-/// The silence rule needs this much time at a weight before it can speak.
+/// The shortest span the silence rule looks at; it needs this much time at a weight first.
 const SILENCE_MIN_SPAN: Duration = Duration::from_secs(1);
 
 /// Wall-clock time in Unix milliseconds: rollout times survive restarts, so they are not
@@ -122,7 +122,15 @@ pub(super) fn reconcile(rollouts: &mut BTreeMap<String, RolloutState>, config: &
             let plan = s.rollout.as_ref()?;
             Some(s.versions[plan.baseline].name == state.baseline && s.versions[plan.canary].name == state.canary)
         });
-        if same_plan != Some(true) {
+        let steps = spec.and_then(|s| s.rollout.as_ref()).map_or(0, |p| p.steps.len());
+        if same_plan == Some(true) && state.step >= steps {
+            state.phase = Phase::Paused;
+            state.reason = format!(
+                "paused: the reloaded plan has no step {} (it has {steps}); promote, abort or restart it",
+                state.step + 1
+            );
+            warnings.push(format!("the rollout of \"{service}\" paused: {}", state.reason));
+        } else if same_plan != Some(true) {
             state.phase = Phase::Aborted;
             state.step_started_ms = now;
             state.reason =
@@ -190,22 +198,23 @@ fn observe(
         Some(mirror) => (&mirror.metrics, Role::Shadow),
         None => (&canary.metrics, Role::Primary),
     };
+    // Silence: recent spans since the weight was set, shortest first (1 s, 2 s, 4 s, ...).
     let since_weight = Duration::from_millis(now.saturating_sub(state.weight_since_ms.max(state.judged_since_ms)));
-    let (canary_since_weight, baseline_since_weight) = if since_weight >= SILENCE_MIN_SPAN {
-        let span = since_weight.min(spec.guardrails.window);
-        (
-            canary_metrics.window(span).requests,
-            baseline.metrics.window(span).requests,
-        )
-    } else {
-        (0, 0)
-    };
+    let longest = since_weight.min(spec.guardrails.window);
+    let mut recent = Vec::new();
+    let mut silence_span = SILENCE_MIN_SPAN;
+    while silence_span <= longest {
+        recent.push((
+            canary_metrics.window(silence_span).requests,
+            baseline.metrics.window(silence_span).requests,
+        ));
+        silence_span *= 2;
+    }
     let observation = Observation {
         canary: canary_metrics.window(span),
         baseline: baseline.metrics.window(span),
         weight: state.weight,
-        canary_since_weight,
-        baseline_since_weight,
+        recent,
     };
     Some((observation, role, span))
 }
@@ -575,5 +584,39 @@ fn webhook_status(inner: &Inner, service: &str, state: &RolloutState) -> Webhook
             call.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
         }
         _ => WebhookStatus::NotStarted,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_ends_or_pauses_rollouts_its_plan_no_longer_fits() {
+        let config = crate::config::parse(
+            "listeners: [{ name: t, address: 127.0.0.1:0 }]\nservices:\n  - name: app\n    versions:\n      blue: { endpoints: [127.0.0.1:1] }\n      canary: { endpoints: [127.0.0.1:2] }\n    rollout: { baseline: blue, canary: canary, steps: [{ weight: 10, hold: 1m }] }\n  - name: other\n    versions:\n      blue: { endpoints: [127.0.0.1:3] }\n      green: { endpoints: [127.0.0.1:4] }\n    rollout: { baseline: blue, canary: green, steps: [{ weight: 10 }] }\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let at_step = |canary: &str, step: usize| {
+            let mut state = RolloutState::new(("blue", canary), 0, String::new());
+            state.step = step;
+            state
+        };
+        let mut rollouts = BTreeMap::from([
+            ("app".to_owned(), at_step("canary", 3)),
+            ("other".to_owned(), at_step("canary", 0)),
+            ("gone".to_owned(), at_step("canary", 0)),
+        ]);
+        let warnings = reconcile(&mut rollouts, &config, 5);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(!rollouts.contains_key("gone"));
+        let app = &rollouts["app"];
+        assert_eq!(app.phase, Phase::Paused, "a shortened plan never promotes by itself");
+        assert!(app.reason.contains("no step 4 (it has 1)"), "{}", app.reason);
+        assert_eq!(
+            rollouts["other"].phase,
+            Phase::Aborted,
+            "the canary is now green, not canary"
+        );
     }
 }

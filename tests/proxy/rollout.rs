@@ -564,3 +564,66 @@ async fn blue_green_switch_guards_after_the_switch_and_switches_back() {
     load.stop().await;
     p.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_hold_without_data_is_extended_then_pauses() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let p = start(
+        "rollout-inconclusive",
+        &config(
+            blue.addr,
+            canary.addr,
+            "      steps:\n        - { weight: 10, hold: 300ms }\n        - { weight: 100 }\n      guardrails: { min_requests: 1000 }\n",
+            "",
+        ),
+    )
+    .await;
+    assert_eq!(command(&p, "start").await.0, StatusCode::OK);
+    // No traffic at all: past the hold the verdict is missing, so the hold is extended...
+    let extended = wait_rollout(&p, "the hold is extended", |r| r["judgement"]["extended"] == true).await;
+    assert_eq!(extended["rollout"]["state"], "progressing");
+    // ...up to three times its length, then the rollout waits for an operator.
+    let paused = wait_rollout(&p, "the rollout pauses", state_is("paused")).await;
+    let reason = paused["rollout"]["reason"].as_str().expect("reason");
+    assert!(
+        reason.contains("no verdict after") && reason.contains("0 canary requests in the window, 1000 needed"),
+        "{reason}"
+    );
+    assert_eq!(weights(&paused), w(90, 10), "never promoted on missing data");
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_canary_that_gets_no_traffic_is_rolled_back_for_silence() {
+    let blue = Upstream::named("blue").await;
+    // The canary fails its health checks, so it is taken out and gets nothing.
+    let canary = Upstream::start(|request| async move {
+        let status = if request.uri().path() == "/healthz" { 503 } else { 200 };
+        Response::builder()
+            .status(status)
+            .body(full("canary"))
+            .expect("response")
+    })
+    .await;
+    let yaml = config(
+        blue.addr,
+        canary.addr,
+        "      steps:\n        - { weight: 30, hold: 1h }\n      guardrails: { min_requests: 20, max_error_rate: 0.01 }\n",
+        "",
+    )
+    .replace(
+        &format!("canary: {{ endpoints: [{}] }}", canary.addr),
+        &format!(
+            "canary: {{ endpoints: [{}], health_check: {{ interval: 100ms, timeout: 50ms, unhealthy: 1 }} }}",
+            canary.addr
+        ),
+    );
+    let p = start("rollout-silence", &yaml).await;
+    let load = Load::start(p.url("/"), 2, PACE);
+    assert_eq!(command(&p, "start").await.0, StatusCode::OK);
+    let done = wait_rollout(&p, "rolled back for silence", state_is("rolled_back")).await;
+    load.stop().await;
+    assert_eq!(done["rollout"]["breach"]["rule"], "silence", "{:#}", done["rollout"]);
+    assert_eq!(weights(&done), w(100, 0));
+    p.shutdown().await;
+}
