@@ -111,7 +111,7 @@ async fn a_healthy_canary_is_promoted_through_its_steps() {
         &config(
             blue.addr,
             canary.addr,
-            "      steps:\n        - { weight: 20, hold: 1s }\n        - { weight: 50, hold: 1s }\n        - { weight: 100 }\n      guardrails: { min_requests: 20, max_error_rate: 0.05, max_p99_ratio: 3 }\n",
+            "      steps:\n        - { weight: 20, hold: 1s }\n        - { weight: 50, hold: 1s }\n        - { weight: 100 }\n      guardrails: { min_requests: 20, max_error_rate: 0.05, max_p99: 5s }\n",
             "",
         ),
     )
