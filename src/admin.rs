@@ -387,12 +387,12 @@ pub fn service_view(control: &Control, service: &Service) -> Value {
         "hosts": hosts,
         "path_prefix": service.path_prefix,
         "expose_version": service.expose_version,
-        "weights_from": if control.has_override(&service.name) { "admin override" } else { "config" },
+        "weights_from": if service.overridden { "admin override" } else { "config" },
         "versions": versions,
         "rules": rules,
         "sticky": sticky,
         "mirror": service.mirrors.iter().map(|m| mirror_view(m)).collect::<Vec<Value>>(),
-        "rollout": control.rollout_view(&service.name),
+        "rollout": control.rollout_view(service),
     })
 }
 

@@ -73,7 +73,7 @@ pub enum CtlCommand {
     /// Drive SERVICE's rollout: start, pause, resume (also passes an approval step), promote, abort.
     Rollout {
         /// What to do.
-        action: RolloutAction,
+        action: crate::control::RolloutCommand,
         /// The service.
         service: String,
     },
@@ -88,33 +88,6 @@ pub enum CtlCommand {
         #[arg(long, default_value_t = 0)]
         count: u64,
     },
-}
-
-/// `sluice ctl rollout ACTION`.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum RolloutAction {
-    /// Start from the first step.
-    Start,
-    /// Stop where it is.
-    Pause,
-    /// Continue a paused rollout, or pass an approval step.
-    Resume,
-    /// Jump to 100% and finish.
-    Promote,
-    /// Roll back to 0% and finish.
-    Abort,
-}
-
-impl RolloutAction {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Start => "start",
-            Self::Pause => "pause",
-            Self::Resume => "resume",
-            Self::Promote => "promote",
-            Self::Abort => "abort",
-        }
-    }
 }
 
 /// Parses a refresh interval such as `500ms` or `2s`.

@@ -88,7 +88,15 @@ pub struct Service {
     pub mirrors: Vec<Arc<Mirror>>,
     /// Passive outlier detection, if configured.
     pub outlier_detection: Option<crate::config::OutlierSpec>,
+    /// Whether the weights are an override (admin or rollout) rather than the file's.
+    pub overridden: bool,
+    /// The rollout plan, and the rollout's state when this table was published (so the admin
+    /// API shows weights and rollout state of one revision together).
+    pub rollout: Option<(crate::config::RolloutSpec, Option<crate::rollout::RolloutState>)>,
 }
+
+/// Each service's rollout state, active or finished.
+pub type Rollouts = BTreeMap<String, crate::rollout::RolloutState>;
 
 /// A compiled mirror: where copies go and how many may be in flight.
 #[derive(Debug)]
@@ -132,11 +140,25 @@ pub struct Version {
 impl RoutingTable {
     /// Builds a table from a validated configuration and the weight overrides in force,
     /// interning endpoints and metrics in `registries`.
-    pub fn build(config: &Config, overrides: &Overrides, registries: &Registries, revision: u64, cause: Cause) -> Self {
+    pub fn build(
+        config: &Config,
+        overrides: &Overrides,
+        rollouts: &Rollouts,
+        registries: &Registries,
+        revision: u64,
+        cause: Cause,
+    ) -> Self {
         let services = config
             .services
             .iter()
-            .map(|spec| Service::build(spec, overrides.get(&spec.name), registries))
+            .map(|spec| {
+                let mut service = Service::build(spec, overrides.get(&spec.name), registries);
+                service.rollout = spec
+                    .rollout
+                    .clone()
+                    .map(|plan| (plan, rollouts.get(&spec.name).cloned()));
+                service
+            })
             .collect();
         Self {
             revision,
@@ -225,6 +247,8 @@ impl Service {
             sticky: spec.sticky.clone(),
             mirrors,
             outlier_detection: spec.outlier_detection.clone(),
+            overridden: weights.is_some(),
+            rollout: None,
         }
     }
 
@@ -269,7 +293,14 @@ impl Routing {
     /// Builds revision 1 from `config`, without overrides.
     pub fn new(config: &Config) -> Self {
         let registries = Registries::default();
-        let table = RoutingTable::build(config, &Overrides::new(), &registries, 1, Cause::Config);
+        let table = RoutingTable::build(
+            config,
+            &Overrides::new(),
+            &Rollouts::new(),
+            &registries,
+            1,
+            Cause::Config,
+        );
         Self {
             current: ArcSwap::from_pointee(table),
             registries,

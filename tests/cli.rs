@@ -301,11 +301,11 @@ services:
     }
 }
 
-/// GET `path` from `addr` over a fresh connection; returns the body.
-fn http_get(addr: &str, path: &str) -> String {
+/// Sends `method path` to `addr` over a fresh connection; returns the body.
+fn http_call(addr: &str, method: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).expect("write");
     let mut answer = String::new();
     stream.read_to_string(&mut answer).expect("read");
@@ -313,6 +313,11 @@ fn http_get(addr: &str, path: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default()
+}
+
+/// GET `path` from `addr` over a fresh connection; returns the body.
+fn http_get(addr: &str, path: &str) -> String {
+    http_call(addr, "GET", path)
 }
 
 #[test]
@@ -372,20 +377,6 @@ fn answering_upstream(body: &'static str) -> std::net::SocketAddr {
         }
     });
     addr
-}
-
-/// Sends `method path` to `addr` over a fresh connection; returns the body.
-fn http_call(addr: &str, method: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).expect("write");
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).expect("read");
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
 }
 
 fn rollout_of(admin: &str) -> serde_json::Value {

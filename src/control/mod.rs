@@ -264,6 +264,7 @@ impl Control {
         let table = RoutingTable::build(
             &inner.config,
             &inner.overrides,
+            &inner.rollouts,
             self.routing.registries(),
             revision,
             cause,
@@ -528,11 +529,6 @@ impl Control {
                 .map(|((s, r), n)| (s.clone(), r.clone(), *n))
                 .collect(),
         }
-    }
-
-    /// Whether `service` runs on manual weights rather than the file's.
-    pub fn has_override(&self, service: &str) -> bool {
-        self.lock().overrides.contains_key(service)
     }
 
     /// The config file's text, reload counters and last reload outcome, for `GET /api/v1/config`.

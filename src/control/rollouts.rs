@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::{Control, ControlError, Inner};
 use crate::config::{Config, RolloutSpec, Step};
-use crate::metrics::window::{WindowStats, TICK};
+use crate::metrics::window::TICK;
 use crate::metrics::Role;
 use crate::rollout::{self, Breach, Next, Observation, Phase, RolloutState, Verdict, WebhookStatus};
 use crate::table::{Cause, Service};
@@ -54,7 +54,7 @@ pub(super) struct Judgement {
 }
 
 /// An operator's rollout command.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum RolloutCommand {
     /// Start from the first step (again, if a rollout finished).
     Start,
@@ -69,19 +69,15 @@ pub enum RolloutCommand {
 }
 
 impl RolloutCommand {
+    const ALL: [Self; 5] = [Self::Start, Self::Pause, Self::Resume, Self::Promote, Self::Abort];
+
     /// Parses `start`, `pause`, `resume`, `promote` or `abort`.
     pub fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "start" => Self::Start,
-            "pause" => Self::Pause,
-            "resume" => Self::Resume,
-            "promote" => Self::Promote,
-            "abort" => Self::Abort,
-            _ => return None,
-        })
+        Self::ALL.into_iter().find(|c| c.as_str() == text)
     }
 
-    fn as_str(self) -> &'static str {
+    /// The command's name in the API path.
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Start => "start",
             Self::Pause => "pause",
@@ -217,10 +213,6 @@ fn observe(
         recent,
     };
     Some((observation, role, span))
-}
-
-fn window_view(w: &WindowStats) -> Value {
-    json!(w)
 }
 
 impl Control {
@@ -513,18 +505,17 @@ impl Control {
         Ok(revision)
     }
 
-    /// The service's rollout as the admin API shows it; `None` without a plan.
-    pub fn rollout_view(&self, service: &str) -> Option<Value> {
-        let inner = self.lock();
-        let spec_service = inner.config.services.iter().find(|s| s.name == service)?;
-        let spec = spec_service.rollout.as_ref()?;
-        let state = inner.rollouts.get(service);
+    /// The service's rollout as the admin API shows it, from the same table revision as the
+    /// rest of the service (plus the guardrails' latest reading); `None` without a plan.
+    pub fn rollout_view(&self, service: &Service) -> Option<Value> {
+        let (spec, state) = service.rollout.as_ref()?;
         let now = now_ms();
         let g = &spec.guardrails;
+        let name = |i: usize| service.versions.get(i).map(|v| v.name.to_string());
         let mut view = json!({
-            "baseline": spec_service.versions[spec.baseline].name,
-            "canary": spec_service.versions[spec.canary].name,
-            "state": state.map_or("idle", |s| s.phase.as_str()),
+            "baseline": name(spec.baseline),
+            "canary": name(spec.canary),
+            "state": state.as_ref().map_or("idle", |s| s.phase.as_str()),
             "steps": spec.steps.len(),
             "plan": spec.steps.iter().map(Step::describe).collect::<Vec<_>>(),
             "auto_start": spec.auto_start,
@@ -541,38 +532,39 @@ impl Control {
                 "max_p99_ratio": g.max_p99_ratio,
             },
         });
-        if let (Some(state), Some(object)) = (state, view.as_object_mut()) {
-            let hold = match spec.steps.get(state.step) {
-                Some(Step::Weight { hold: Some(hold), .. }) if state.phase == Phase::Progressing => {
-                    let elapsed = now.saturating_sub(state.step_started_ms);
-                    Some((hold.as_millis() as u64).saturating_sub(elapsed))
-                }
-                _ => None,
-            };
-            object.insert("step".into(), json!(state.step + 1));
-            object.insert(
-                "step_kind".into(),
-                json!(spec.steps.get(state.step).map(Step::describe)),
-            );
-            object.insert("step_started".into(), json!(rfc3339(state.step_started_ms)));
-            object.insert("hold_remaining_ms".into(), json!(hold));
-            object.insert("canary_weight".into(), json!(state.weight));
-            object.insert("reason".into(), json!(state.reason));
-            object.insert("breach".into(), json!(state.breach));
-            if let Some(j) = inner.judgements.get(service) {
-                object.insert(
-                    "judgement".into(),
-                    json!({
-                        "time": rfc3339(j.time_ms),
-                        "verdict": j.verdict.describe(),
-                        "extended": j.extended,
-                        "window_ms": j.span.as_millis() as u64,
-                        "canary_role": j.canary_role.as_str(),
-                        "canary": window_view(&j.observation.canary),
-                        "baseline": window_view(&j.observation.baseline),
-                    }),
-                );
+        let (Some(state), Some(object)) = (state, view.as_object_mut()) else {
+            return Some(view);
+        };
+        let hold = match spec.steps.get(state.step) {
+            Some(Step::Weight { hold: Some(hold), .. }) if state.phase == Phase::Progressing => {
+                let elapsed = now.saturating_sub(state.step_started_ms);
+                Some((hold.as_millis() as u64).saturating_sub(elapsed))
             }
+            _ => None,
+        };
+        object.insert("step".into(), json!(state.step + 1));
+        object.insert(
+            "step_kind".into(),
+            json!(spec.steps.get(state.step).map(Step::describe)),
+        );
+        object.insert("step_started".into(), json!(rfc3339(state.step_started_ms)));
+        object.insert("hold_remaining_ms".into(), json!(hold));
+        object.insert("canary_weight".into(), json!(state.weight));
+        object.insert("reason".into(), json!(state.reason));
+        object.insert("breach".into(), json!(state.breach));
+        if let Some(j) = self.lock().judgements.get(&*service.name) {
+            object.insert(
+                "judgement".into(),
+                json!({
+                    "time": rfc3339(j.time_ms),
+                    "verdict": j.verdict.describe(),
+                    "extended": j.extended,
+                    "window_ms": j.span.as_millis() as u64,
+                    "canary_role": j.canary_role.as_str(),
+                    "canary": json!(j.observation.canary),
+                    "baseline": json!(j.observation.baseline),
+                }),
+            );
         }
         Some(view)
     }

@@ -450,13 +450,11 @@ async fn operator_commands_pause_resume_promote_abort() {
 #[tokio::test]
 async fn a_service_without_a_plan_refuses_rollout_commands() {
     let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
-    let dir = temp_dir("rollout-none");
-    let path = dir.join("sluice.yaml");
-    write_config(
-        &path,
+    let p = start(
+        "rollout-none",
         &blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
-    );
-    let p = controlled(&path, Options::default()).await;
+    )
+    .await;
     let (code, body) = p.api("POST", "/api/v1/services/app/rollout/start", None).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(
