@@ -20,7 +20,7 @@
 //! Measured per run:
 //! - T0, the breach becomes measurable: the client receives the 20th canary answer. All canary
 //!   answers are 500, so from then on the 95% Wilson lower bound of the canary's error rate
-//!   (about 0.94) is far above 1%.
+//!   (0.88: n / (n + z²) with n = 20) is far above 1%.
 //! - T1, the rollback: the poller first sees the table with the canary at weight 0.
 //! - T2: when the last request the canary answered was sent (before T1, as it was routed by a
 //!   table from before the swap).
