@@ -181,6 +181,8 @@ pub struct Observation {
     pub baseline: WindowStats,
     /// The canary's share in force, percent.
     pub weight: u32,
+    /// Whether the published table lets the canary get requests (it has a healthy endpoint).
+    pub routable: bool,
     /// `(canary, baseline)` answers over recent spans, all since that share was set (1 s,
     /// 2 s, 4 s, ... up to the window): a canary falling silent shows in the short ones.
     pub recent: Vec<(u64, u64)>,
@@ -192,7 +194,7 @@ pub fn wilson(errors: u64, n: u64) -> (f64, f64) {
         return (0.0, 1.0);
     }
     let n = n as f64;
-    let p = errors as f64 / n;
+    let p = (errors as f64 / n).min(1.0);
     let z2 = Z_95 * Z_95;
     let centre = p + z2 / (2.0 * n);
     let spread = Z_95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
@@ -218,6 +220,17 @@ pub fn difference_lower_bound(canary: (u64, u64), baseline: (u64, u64)) -> f64 {
 /// baseline is skipped while the baseline has fewer than `min_requests`.
 pub fn judge(g: &Guardrails, o: &Observation) -> Verdict {
     let (c, b) = (&o.canary, &o.baseline);
+    if o.weight > 0 && !o.routable {
+        return Verdict::Breach(Breach {
+            rule: "silence".into(),
+            value: 0.0,
+            threshold: 0.0,
+            message: format!(
+                "silence: the canary has no healthy endpoint, so nothing reaches it at weight {}",
+                o.weight
+            ),
+        });
+    }
     for &(canary, baseline) in o.recent.iter().filter(|_| o.weight > 0 && o.weight < 100) {
         let expected = baseline as f64 * f64::from(o.weight) / f64::from(100 - o.weight);
         if canary == 0 && baseline >= g.min_requests && expected >= SILENCE_EXPECTED {
@@ -345,11 +358,14 @@ pub fn next(spec: &RolloutSpec, state: &RolloutState, now_ms: u64, verdict: &Ver
         Step::Weight { hold: None, .. } => Next::Advance,
         Step::Weight { hold: Some(hold), .. } => {
             let elapsed = Duration::from_millis(now_ms.saturating_sub(state.step_started_ms));
+            // Data gathered since the step (or since judging restarted, after a restart or a
+            // resume, whose windows start empty) decides when to give up.
+            let judged = Duration::from_millis(now_ms.saturating_sub(state.step_started_ms.max(state.judged_since_ms)));
             if elapsed < *hold {
                 Next::Wait { extended: false }
             } else if *verdict == Verdict::Healthy {
                 Next::Advance
-            } else if elapsed >= *hold * HOLD_EXTENSION {
+            } else if judged >= *hold * HOLD_EXTENSION {
                 Next::Inconclusive(format!(
                     "no verdict after {} ({}× the hold): {}",
                     humantime::format_duration(Duration::from_secs(elapsed.as_secs())),
@@ -451,6 +467,7 @@ mod tests {
     fn observe(canary: WindowStats, baseline: WindowStats) -> Observation {
         Observation {
             recent: vec![(canary.requests, baseline.requests)],
+            routable: true,
             canary,
             baseline,
             weight: 10,
@@ -551,8 +568,19 @@ mod tests {
         };
         assert_eq!(judge(&g, &rare), Verdict::Healthy);
         // Weight 0: no traffic is expected.
-        let zero = Observation { weight: 0, ..silent };
+        let zero = Observation {
+            weight: 0,
+            ..silent.clone()
+        };
         assert_eq!(judge(&g, &zero), Verdict::Healthy);
+        // No healthy endpoint: silent whatever the traffic, even at weight 100.
+        let down = Observation {
+            weight: 100,
+            routable: false,
+            recent: Vec::new(),
+            ..silent
+        };
+        assert_eq!(rule(judge(&g, &down)), "silence");
     }
 
     fn plan(steps: Vec<Step>) -> RolloutSpec {

@@ -137,8 +137,13 @@ impl Control {
             tracing::warn!("{warning}");
         }
         let mut rollouts = saved.rollouts;
-        for warning in rollouts::reconcile(&mut rollouts, &config, rollouts::now_ms()) {
+        let now = rollouts::now_ms();
+        for warning in rollouts::reconcile(&mut rollouts, &config, now) {
             tracing::warn!("{warning}");
+        }
+        // This process's windows start empty: judge (and count a hold's extension) from now.
+        for state in rollouts.values_mut().filter(|s| s.phase.is_active()) {
+            state.judged_since_ms = now;
         }
         let routing = Arc::new(Routing::new(&config));
         if let Some(path) = &config.access_log {
@@ -304,13 +309,19 @@ impl Control {
                 overrides: inner.overrides.clone(),
                 rollouts: inner.rollouts.clone(),
             };
-            store
-                .save(&saved)
-                .and_then(|()| store.append(&entry))
-                .map_err(|error| {
+            match store.save(&saved).and_then(|()| store.append(&entry)) {
+                Ok(()) => {}
+                // A rollback protects users now; a full or broken disk must not keep a failing
+                // canary in traffic. The next successful save writes the whole state again.
+                Err(error) if cause == Cause::Guardrail => tracing::error!(
+                    %error,
+                    "cannot persist the guardrail's change; publishing it anyway (a restart before the next successful save would resume the rollout)"
+                ),
+                Err(error) => {
                     tracing::error!(%error, "cannot persist routing state; nothing published");
-                    ControlError::Persist(error)
-                })?;
+                    return Err(ControlError::Persist(error));
+                }
+            }
         }
         self.routing.publish(table);
         tracing::info!(revision, cause = cause.as_str(), actor = %entry.actor, "routing table published");

@@ -194,12 +194,15 @@ fn observe(
         Some(mirror) => (&mirror.metrics, Role::Shadow),
         None => (&canary.metrics, Role::Primary),
     };
-    // Silence: recent spans since the weight was set, shortest first (1 s, 2 s, 4 s, ...).
+    // Silence by traffic: recent spans since the weight was set, shortest first (1 s, 2 s,
+    // 4 s, ...). Not with sticky cookies or rules: they pin requests to the baseline that the
+    // weights never see, so the baseline's count says nothing about the canary's due share.
+    let by_traffic = service.sticky.is_none() && service.rules.is_empty();
     let since_weight = Duration::from_millis(now.saturating_sub(state.weight_since_ms.max(state.judged_since_ms)));
     let longest = since_weight.min(spec.guardrails.window);
     let mut recent = Vec::new();
     let mut silence_span = SILENCE_MIN_SPAN;
-    while silence_span <= longest {
+    while by_traffic && silence_span <= longest {
         recent.push((
             canary_metrics.window(silence_span).requests,
             baseline.metrics.window(silence_span).requests,
@@ -210,6 +213,7 @@ fn observe(
         canary: canary_metrics.window(span),
         baseline: baseline.metrics.window(span),
         weight: state.weight,
+        routable: service.split.weight(spec.canary) > 0,
         recent,
     };
     Some((observation, role, span))
@@ -496,6 +500,10 @@ impl Control {
         let history_actor = format!("{actor}: rollout {}: {}", command.as_str(), next.reason);
         tracing::info!(%service, "{history_actor}");
         let revision = self.commit_change(&mut inner, service, Some(next), weights, Cause::Admin, history_actor)?;
+        if command == RolloutCommand::Start {
+            // The last rollout's verdict is not this one's.
+            inner.judgements.remove(service);
+        }
         if command == RolloutCommand::Abort {
             *inner
                 .rollbacks

@@ -227,8 +227,11 @@ impl VersionMetrics {
 
     /// This version's window over the last `span` (up to 60 s), including the tick in progress.
     pub fn window(&self, span: Duration) -> WindowStats {
+        // Peek under the window lock, which `tick` holds while it drains: a tick can then not
+        // land between the two and count the same requests twice.
+        let window = self.lock_window();
         let pending = self.latency.peek();
-        self.lock_window().stats(span, &pending)
+        window.stats(span, &pending)
     }
 
     fn lock_window(&self) -> std::sync::MutexGuard<'_, Window> {
@@ -236,8 +239,9 @@ impl VersionMetrics {
     }
 
     fn tick(&self) {
+        let mut window = self.lock_window();
         let counts = self.latency.drain();
-        self.lock_window().push(counts);
+        window.push(counts);
     }
 }
 

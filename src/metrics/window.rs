@@ -70,13 +70,15 @@ impl Window {
         let merged = self.merged(span, pending);
         let ms = |q| merged.quantile(q).as_secs_f64() * 1000.0;
         let requests = merged.requests;
+        // The error count is read apart from the buckets: never let it exceed the requests.
+        let errors = merged.errors.min(requests);
         WindowStats {
             requests,
-            errors: merged.errors,
+            errors,
             error_rate: if requests == 0 {
                 0.0
             } else {
-                merged.errors as f64 / requests as f64
+                errors as f64 / requests as f64
             },
             rps: requests as f64 / span.min(MAX_WINDOW).as_secs_f64().max(TICK.as_secs_f64()),
             p50_ms: ms(0.5),

@@ -606,7 +606,7 @@ async fn a_canary_that_gets_no_traffic_is_rolled_back_for_silence() {
     let yaml = config(
         blue.addr,
         canary.addr,
-        "      steps:\n        - { weight: 30, hold: 1h }\n      guardrails: { min_requests: 20, max_error_rate: 0.01 }\n",
+        "      steps:\n        - { weight: 100, hold: 1h }\n      guardrails: { min_requests: 20, max_error_rate: 0.01 }\n",
         "",
     )
     .replace(
@@ -622,6 +622,70 @@ async fn a_canary_that_gets_no_traffic_is_rolled_back_for_silence() {
     let done = wait_rollout(&p, "rolled back for silence", state_is("rolled_back")).await;
     load.stop().await;
     assert_eq!(done["rollout"]["breach"]["rule"], "silence", "{:#}", done["rollout"]);
+    let message = done["rollout"]["breach"]["message"].as_str().expect("message");
+    assert!(message.contains("no healthy endpoint"), "{message}");
     assert_eq!(weights(&done), w(100, 0));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn clients_pinned_to_the_baseline_are_not_silence() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let p = start(
+        "rollout-pinned",
+        &config(
+            blue.addr,
+            canary.addr,
+            "      steps:\n        - { weight: 30, hold: 2s }\n      guardrails: { min_requests: 20 }\n",
+            "",
+        )
+        .replace(
+            "    routing: { weights: { blue: 100 } }\n",
+            "    routing: { weights: { blue: 100 }, sticky: { cookie: sid } }\n",
+        ),
+    )
+    .await;
+    // Every client holds a sticky cookie for blue: the canary's 30% sees none of them.
+    let load = Load::with_header(p.url("/"), 2, PACE, Some(("cookie", "sid=blue")));
+    assert_eq!(command(&p, "start").await.0, StatusCode::OK);
+    let done = wait_rollout(&p, "the rollout stops", |r| r["state"] != "progressing").await;
+    assert_eq!(load.served_by("canary"), 0);
+    assert!(load.served_by("blue") > 100);
+    load.stop().await;
+    assert_eq!(done["rollout"]["state"], "paused", "{:#}", done["rollout"]);
+    assert!(done["rollout"]["reason"]
+        .as_str()
+        .expect("reason")
+        .contains("no verdict"));
+    p.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_rollback_is_published_even_when_the_state_cannot_be_saved() {
+    let (blue, canary) = (Upstream::named("blue").await, failing(500).await);
+    let dir = temp_dir("rollout-disk");
+    let state = dir.join("state");
+    let yaml = config(
+        blue.addr,
+        canary.addr,
+        "      steps:\n        - { weight: 50, hold: 60s }\n      guardrails: { min_requests: 20, max_error_rate: 0.01 }\n",
+        "",
+    )
+    .replacen("services:", &format!("state_dir: {}\nservices:", state.display()), 1);
+    let path = dir.join("sluice.yaml");
+    write_config(&path, &yaml);
+    let p = controlled(&path, Options::default()).await;
+    assert_eq!(command(&p, "start").await.0, StatusCode::OK);
+    // From now on every save fails (a directory where the temporary state file must go).
+    std::fs::create_dir(state.join("state.json.tmp")).expect("block the state file");
+    let load = Load::start(p.url("/"), 2, PACE);
+    let done = wait_rollout(&p, "rolled back despite the disk", state_is("rolled_back")).await;
+    load.stop().await;
+    assert_eq!(weights(&done), w(100, 0));
+    // An operator's change is still refused while the state cannot be saved.
+    let (code, _) = p
+        .api("PUT", "/api/v1/services/app/weights", Some(r#"{"canary": 100}"#))
+        .await;
+    assert_eq!(code, StatusCode::INTERNAL_SERVER_ERROR);
     p.shutdown().await;
 }

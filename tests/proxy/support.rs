@@ -525,6 +525,16 @@ pub struct Load {
 impl Load {
     /// Starts `loops` loops sending `GET url`, each pausing `pace` between requests.
     pub fn start(url: String, loops: usize, pace: Duration) -> Load {
+        Load::with_header(url, loops, pace, None)
+    }
+
+    /// Like [`Load::start`], every request carrying `header` (name, value).
+    pub fn with_header(
+        url: String,
+        loops: usize,
+        pace: Duration,
+        header: Option<(&'static str, &'static str)>,
+    ) -> Load {
         let counts = Arc::new(std::sync::Mutex::new(std::collections::BTreeMap::new()));
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tasks = (0..loops)
@@ -533,7 +543,11 @@ impl Load {
                 tokio::spawn(async move {
                     let client = http1_client();
                     while !stop.load(Ordering::SeqCst) {
-                        let request = Request::get(url.as_str()).body(empty()).expect("request");
+                        let mut request = Request::get(url.as_str());
+                        if let Some((name, value)) = header {
+                            request = request.header(name, value);
+                        }
+                        let request = request.body(empty()).expect("request");
                         if let Ok(Ok(response)) = tokio::time::timeout(DEADLINE, client.request(request)).await {
                             let version = response
                                 .headers()
