@@ -490,6 +490,9 @@ mod tests {
         let lower = difference_lower_bound((60, 600), (6, 600));
         assert!((lower - 0.069_433).abs() < 1e-5, "{lower}");
         assert_eq!(wilson(0, 0), (0.0, 1.0));
+        // Counts read apart can have more errors than requests: a bound, never NaN.
+        let (lower, _) = wilson(5, 3);
+        assert!(lower > 0.5, "{lower}");
         let (lower, _) = wilson(50, 50);
         assert!(
             lower > 0.94,
@@ -619,7 +622,17 @@ mod tests {
             next(&spec, &state, 31_000, &unsure, &none),
             Next::Inconclusive(_)
         ));
-        state.enter(&spec, 1, 31_000);
+        // After a restart at 50 s, the empty windows get a fresh 3× from then.
+        state.judged_since_ms = 50_000;
+        assert_eq!(
+            next(&spec, &state, 60_000, &unsure, &none),
+            Next::Wait { extended: true }
+        );
+        assert!(matches!(
+            next(&spec, &state, 80_000, &unsure, &none),
+            Next::Inconclusive(_)
+        ));
+        state.enter(&spec, 1, 81_000);
         assert_eq!((state.phase, state.weight), (Phase::Promoted, 100));
     }
 
