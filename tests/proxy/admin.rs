@@ -6,20 +6,6 @@ use serde_json::Value;
 
 use crate::support::*;
 
-fn weights_of(service_view: &Value) -> Vec<(String, u64)> {
-    service_view["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().expect("name").to_owned(),
-                v["weight"].as_u64().expect("weight"),
-            )
-        })
-        .collect()
-}
-
 async fn all_served_by(proxy: &Controlled, want: &str) {
     let client = http1_client();
     for _ in 0..20 {

@@ -57,21 +57,6 @@ fn state_is(state: &'static str) -> impl Fn(&Value) -> bool {
     move |r| r["state"] == state
 }
 
-/// The service's configured weight of each version.
-fn weights(service: &Value) -> Vec<(String, u64)> {
-    service["versions"]
-        .as_array()
-        .expect("versions")
-        .iter()
-        .map(|v| {
-            (
-                v["name"].as_str().expect("name").to_owned(),
-                v["weight"].as_u64().expect("weight"),
-            )
-        })
-        .collect()
-}
-
 fn w(blue: u64, canary: u64) -> Vec<(String, u64)> {
     vec![("blue".into(), blue), ("canary".into(), canary)]
 }
@@ -120,11 +105,11 @@ async fn a_healthy_canary_is_promoted_through_its_steps() {
     let load = Load::start(p.url("/"), 2, PACE);
     let (status, body) = command(&p, "start").await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(weights(&body["service"]), w(80, 20));
+    assert_eq!(weights_of(&body["service"]), w(80, 20));
     assert_eq!(body["service"]["rollout"]["step"], 1);
 
     let done = wait_rollout(&p, "the rollout is promoted", state_is("promoted")).await;
-    assert_eq!(weights(&done), w(0, 100));
+    assert_eq!(weights_of(&done), w(0, 100));
     assert_eq!(done["weights_from"], "admin override");
     load.stop().await;
 
@@ -169,7 +154,7 @@ async fn a_canary_answering_500s_is_rolled_back() {
     let load = Load::start(p.url("/"), 2, PACE);
     assert_eq!(command(&p, "start").await.0, StatusCode::OK);
     let done = wait_rollout(&p, "the canary is rolled back", state_is("rolled_back")).await;
-    assert_eq!(weights(&done), w(100, 0));
+    assert_eq!(weights_of(&done), w(100, 0));
     let breach = &done["rollout"]["breach"];
     assert_eq!(breach["rule"], "max_error_rate");
     assert_eq!(breach["value"], 1.0);
@@ -227,7 +212,7 @@ async fn a_slow_canary_breaches_the_p99_ratio() {
     let breach = &done["rollout"]["breach"];
     assert_eq!(breach["rule"], "max_p99_ratio", "{breach}");
     assert!(breach["value"].as_f64().expect("ratio") > 1.5, "{breach}");
-    assert_eq!(weights(&done), w(100, 0));
+    assert_eq!(weights_of(&done), w(100, 0));
     p.shutdown().await;
 }
 
@@ -320,7 +305,7 @@ async fn approval_and_webhook_gates() {
     assert_eq!(command(&p, "start").await.0, StatusCode::OK);
     let waiting = wait_rollout(&p, "the rollout waits for approval", |r| r["step"] == 2).await;
     assert_eq!(waiting["rollout"]["state"], "progressing");
-    assert_eq!(weights(&waiting), w(90, 10));
+    assert_eq!(weights_of(&waiting), w(90, 10));
     // It keeps waiting: several evaluations later, still at the approval step.
     let first = wait_rollout(&p, "a judgement exists", |r| r["judgement"]["time"].is_string()).await;
     let t0 = first["rollout"]["judgement"]["time"].clone();
@@ -337,7 +322,7 @@ async fn approval_and_webhook_gates() {
     let (code, approved) = command(&p, "resume").await;
     assert_eq!(code, StatusCode::OK, "{approved}");
     let done = wait_rollout(&p, "promoted after the webhook passed", state_is("promoted")).await;
-    assert_eq!(weights(&done), w(0, 100));
+    assert_eq!(weights_of(&done), w(0, 100));
     let calls = bodies.lock().expect("bodies").clone();
     assert_eq!(
         calls,
@@ -364,7 +349,7 @@ async fn approval_and_webhook_gates() {
         "{}",
         refused["rollout"]["breach"]
     );
-    assert_eq!(weights(&refused), w(100, 0));
+    assert_eq!(weights_of(&refused), w(100, 0));
     p.shutdown().await;
 }
 
@@ -393,7 +378,7 @@ async fn operator_commands_pause_resume_promote_abort() {
     let (code, paused) = command(&p, "pause").await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(paused["service"]["rollout"]["state"], "paused");
-    assert_eq!(weights(&paused["service"]), w(70, 30), "a pause keeps the weights");
+    assert_eq!(weights_of(&paused["service"]), w(70, 30), "a pause keeps the weights");
     assert_eq!(command(&p, "pause").await.0, StatusCode::CONFLICT);
     let (_, resumed) = command(&p, "resume").await;
     assert_eq!(resumed["service"]["rollout"]["state"], "progressing");
@@ -417,24 +402,27 @@ async fn operator_commands_pause_resume_promote_abort() {
         .as_str()
         .expect("reason")
         .contains("weights changed by hand"));
-    assert_eq!(weights(&manual["service"]), w(95, 5));
+    assert_eq!(weights_of(&manual["service"]), w(95, 5));
     let (_, resumed) = command(&p, "resume").await;
-    assert_eq!(weights(&resumed["service"]), w(70, 30));
+    assert_eq!(weights_of(&resumed["service"]), w(70, 30));
 
     let (_, promoted) = command(&p, "promote").await;
     assert_eq!(promoted["service"]["rollout"]["state"], "promoted");
-    assert_eq!(weights(&promoted["service"]), w(0, 100));
+    assert_eq!(weights_of(&promoted["service"]), w(0, 100));
     assert_eq!(canary_answers(&p, 10).await, 10);
 
     // A finished rollout starts again from the first step; abort rolls it back.
     let (_, again) = command(&p, "start").await;
     assert_eq!(
-        (again["service"]["rollout"]["step"].clone(), weights(&again["service"])),
+        (
+            again["service"]["rollout"]["step"].clone(),
+            weights_of(&again["service"])
+        ),
         (1.into(), w(70, 30))
     );
     let (_, aborted) = command(&p, "abort").await;
     assert_eq!(aborted["service"]["rollout"]["state"], "aborted");
-    assert_eq!(weights(&aborted["service"]), w(100, 0));
+    assert_eq!(weights_of(&aborted["service"]), w(100, 0));
     assert_eq!(canary_answers(&p, 10).await, 0);
     assert_eq!(command(&p, "resume").await.0, StatusCode::CONFLICT);
 
@@ -497,7 +485,7 @@ async fn auto_start_fires_when_a_reload_changes_the_canary() {
         .as_str()
         .expect("reason")
         .contains("auto_start"));
-    assert_eq!(weights(&started), w(75, 25));
+    assert_eq!(weights_of(&started), w(75, 25));
     let (_, history) = p.api("GET", "/api/v1/history?service=app", None).await;
     assert!(history["entries"][0]["actor"]
         .as_str()
@@ -535,7 +523,7 @@ async fn blue_green_switch_guards_after_the_switch_and_switches_back() {
     .await;
     assert_eq!(preview["rollout"]["step"], 1);
     let switched = wait_rollout(&p, "the switch to green", |r| r["step"] == 2).await;
-    let gw = |s: &Value| weights(s).into_iter().map(|(_, w)| w).collect::<Vec<_>>();
+    let gw = |s: &Value| weights_of(s).into_iter().map(|(_, w)| w).collect::<Vec<_>>();
     assert_eq!(gw(&switched), vec![0, 100]);
     let green_before = load.served_by("green");
     wait_until("green serves", || load.served_by("green") > green_before + 50).await;
@@ -587,7 +575,7 @@ async fn a_hold_without_data_is_extended_then_pauses() {
         reason.contains("no verdict after") && reason.contains("0 canary requests in the window, 1000 needed"),
         "{reason}"
     );
-    assert_eq!(weights(&paused), w(90, 10), "never promoted on missing data");
+    assert_eq!(weights_of(&paused), w(90, 10), "never promoted on missing data");
     p.shutdown().await;
 }
 
@@ -624,7 +612,7 @@ async fn a_canary_that_gets_no_traffic_is_rolled_back_for_silence() {
     assert_eq!(done["rollout"]["breach"]["rule"], "silence", "{:#}", done["rollout"]);
     let message = done["rollout"]["breach"]["message"].as_str().expect("message");
     assert!(message.contains("no healthy endpoint"), "{message}");
-    assert_eq!(weights(&done), w(100, 0));
+    assert_eq!(weights_of(&done), w(100, 0));
     p.shutdown().await;
 }
 
@@ -681,7 +669,7 @@ async fn a_rollback_is_published_even_when_the_state_cannot_be_saved() {
     let load = Load::start(p.url("/"), 2, PACE);
     let done = wait_rollout(&p, "rolled back despite the disk", state_is("rolled_back")).await;
     load.stop().await;
-    assert_eq!(weights(&done), w(100, 0));
+    assert_eq!(weights_of(&done), w(100, 0));
     // An operator's change is still refused while the state cannot be saved.
     let (code, _) = p
         .api("PUT", "/api/v1/services/app/weights", Some(r#"{"canary": 100}"#))

@@ -592,3 +592,18 @@ impl Load {
         }
     }
 }
+
+/// The configured weight of each version in a service view of the admin API, in version order.
+pub fn weights_of(service_view: &serde_json::Value) -> Vec<(String, u64)> {
+    service_view["versions"]
+        .as_array()
+        .expect("versions")
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().expect("name").to_owned(),
+                v["weight"].as_u64().expect("weight"),
+            )
+        })
+        .collect()
+}
