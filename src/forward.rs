@@ -36,6 +36,14 @@ impl ClientInfo {
             proto: HeaderValue::from_static("http"),
         }
     }
+
+    /// Info for a client at `addr` that connected over TLS.
+    pub fn tls(addr: std::net::SocketAddr) -> Self {
+        Self {
+            proto: HeaderValue::from_static("https"),
+            ..Self::plain(addr)
+        }
+    }
 }
 
 /// True when the request asks to switch protocols (`Connection: upgrade` and `Upgrade`).

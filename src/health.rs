@@ -149,7 +149,7 @@ impl HealthChecks {
                 if !seen.insert((addr.clone(), version.protocol)) {
                     continue;
                 }
-                let endpoint = registries.upstreams.endpoint(addr, version.protocol);
+                let endpoint = registries.upstreams.endpoint(addr, version.protocol, &version.tls);
                 wanted.insert((addr.clone(), version.protocol, spec.clone()), endpoint);
             }
         }
@@ -224,12 +224,12 @@ async fn check_loop(endpoint: Arc<Endpoint>, spec: HealthCheckSpec, changes: mps
 
 /// One check: a fresh connection, `GET path`, and a 2xx answer.
 async fn probe(endpoint: &Endpoint, spec: &HealthCheckSpec) -> bool {
-    let Ok(stream) = tokio::net::TcpStream::connect((endpoint.addr.host.as_str(), endpoint.addr.port)).await else {
+    let Ok(stream) = endpoint.open(spec.timeout).await else {
         return false;
     };
     let mut request = Request::new(Empty::<bytes::Bytes>::new());
     *request.uri_mut() = spec.path.clone().into();
-    let host = HeaderValue::from_str(&endpoint.label).unwrap_or(HeaderValue::from_static("localhost"));
+    let host = HeaderValue::from_str(endpoint.authority().as_str()).unwrap_or(HeaderValue::from_static("localhost"));
     request.headers_mut().insert(header::HOST, host);
     request
         .headers_mut()
@@ -250,7 +250,11 @@ async fn probe(endpoint: &Endpoint, spec: &HealthCheckSpec) -> bool {
             };
             tokio::spawn(connection);
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(http::uri::Scheme::HTTP);
+            parts.scheme = Some(if endpoint.addr.tls {
+                http::uri::Scheme::HTTPS
+            } else {
+                http::uri::Scheme::HTTP
+            });
             parts.authority = Some(endpoint.authority().clone());
             parts.path_and_query = Some(spec.path.clone());
             if let Ok(uri) = http::Uri::from_parts(parts) {

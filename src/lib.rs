@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! The request path, in the order a request meets it:
-//! - [`listener`]: accepts connections; HTTP/1.1 and h2c on one port; graceful shutdown.
+//! - [`listener`]: accepts connections; HTTP/1.1 and h2c on one port, or TLS with ALPN;
+//!   graceful shutdown.
 //! - [`proxy`]: the handler, `route → split → pick endpoint → forward → respond`.
 //! - [`router`]: which service, by host and path prefix.
 //! - [`split`]: which version: [`rules`], then [`sticky`] cookie or key bucket, then weight.
@@ -16,6 +17,7 @@
 //! Around it:
 //! - [`config`]: the YAML file, its raw serde types and `compile`, which reports every error.
 //! - [`table`]: the immutable routing table and the `ArcSwap` that publishes it.
+//! - [`tls`]: rustls termination (SNI, ALPN, certificate reload) and upstream TLS.
 //! - [`health`]: active health checks; a change of health publishes a new table.
 //! - [`control`]: the only writer of the table: overrides, revisions, history, reload, and
 //!   the rollouts' reconciliation loop.
@@ -45,22 +47,26 @@ pub mod split;
 pub mod state;
 pub mod sticky;
 pub mod table;
+pub mod tls;
 pub mod upstream;
 
 use std::future::Future;
 use std::sync::Arc;
-
-use tokio::net::TcpListener;
 
 pub use config::Config;
 pub use table::{Routing, RoutingTable};
 
 /// Serves the data plane on `listeners` with the tables `routing` publishes, until `shutdown`
 /// completes; then drains in-flight requests for at most the table's `drain` timeout.
-pub async fn run(listeners: Vec<TcpListener>, routing: Arc<Routing>, shutdown: impl Future<Output = ()>) {
+pub async fn run<L: Into<listener::Listener>>(
+    listeners: Vec<L>,
+    routing: Arc<Routing>,
+    shutdown: impl Future<Output = ()>,
+) {
     let limits = routing.load().limits;
     routing.metrics().spawn_ticker();
     upstream::Upstreams::spawn_sweeper(&routing);
     let proxy = Arc::new(proxy::Proxy::new(routing));
+    let listeners = listeners.into_iter().map(Into::into).collect();
     listener::serve(listeners, proxy, limits.request_headers, limits.drain, shutdown).await;
 }

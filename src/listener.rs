@@ -1,5 +1,6 @@
-//! Request path, step 0: accepting connections. Each listener serves HTTP/1.1 and h2c (prior
-//! knowledge) on one port, with upgrades, a request-head timeout, and graceful shutdown.
+//! Request path, step 0: accepting connections. A plain listener serves HTTP/1.1 and h2c (prior
+//! knowledge) on one port; a TLS listener serves HTTP/2 or HTTP/1.1 as ALPN agreed. Both with
+//! upgrades, a request-head timeout (which also bounds the TLS handshake), and graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,10 +11,12 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
+use crate::tls::Terminator;
 
 /// Interval of HTTP/2 pings to client connections.
 const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -26,11 +29,40 @@ const PREFACE_RECHECK: Duration = Duration::from_millis(10);
 
 /// Pause after a failed `accept` (out of file descriptors, say) so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// The first byte of a TLS handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// What a plain-HTTP request to a TLS port is told, as NGINX does it.
+const PLAIN_HTTP_TO_TLS: &str = "This port speaks HTTPS: a plain HTTP request was sent to it.\n";
+/// Most bytes of a plain-HTTP request read (and dropped) before the answer, so closing does not
+/// reset the connection under the answer.
+const PLAIN_HTTP_DRAIN: usize = 64 << 10;
+
+/// A bound data-plane socket, and its TLS side if it terminates TLS.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub tcp: TcpListener,
+    /// Handshakes and certificates; `None`: plain HTTP/1.1 and h2c.
+    pub tls: Option<Arc<Terminator>>,
+}
+
+impl From<TcpListener> for Listener {
+    fn from(tcp: TcpListener) -> Self {
+        Self { tcp, tls: None }
+    }
+}
+
+/// The connection builders: sniffing for plain sockets, and one per ALPN result for TLS.
+struct Builders {
+    sniffing: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
 
 /// Serves `listeners` until `shutdown` completes, then drains open connections for at most
 /// `drain`: in-flight requests finish, idle connections close, new ones are refused.
 pub async fn serve(
-    listeners: Vec<TcpListener>,
+    listeners: Vec<Listener>,
     proxy: Arc<Proxy>,
     request_headers: Duration,
     drain: Duration,
@@ -49,14 +81,18 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    let builder = Arc::new(builder);
+    let builders = Arc::new(Builders {
+        http1: builder.clone().http1_only(),
+        http2: builder.clone().http2_only(),
+        sniffing: builder,
+    });
 
     // Connections that have not sent a request yet are closed at once on shutdown.
     let (stopping, stop) = tokio::sync::watch::channel(false);
     let accepting = futures_util::future::join_all(
         listeners
             .into_iter()
-            .map(|listener| accept_loop(listener, &proxy, &builder, &graceful, request_headers, &stop)),
+            .map(|listener| accept_loop(listener, &proxy, &builders, &graceful, request_headers, &stop)),
     );
     tokio::select! {
         _ = accepting => {}
@@ -75,15 +111,15 @@ pub async fn serve(
 }
 
 async fn accept_loop(
-    listener: TcpListener,
+    listener: Listener,
     proxy: &Arc<Proxy>,
-    builder: &Arc<auto::Builder<TokioExecutor>>,
+    builders: &Arc<Builders>,
     graceful: &GracefulShutdown,
     request_headers: Duration,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.tcp.accept().await {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "accept failed");
@@ -94,30 +130,103 @@ async fn accept_loop(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
-        let client = Arc::new(ClientInfo::plain(peer));
+        let client = Arc::new(match listener.tls {
+            None => ClientInfo::plain(peer),
+            Some(_) => ClientInfo::tls(peer),
+        });
         let proxy = Arc::clone(proxy);
         let service = service_fn(move |request| {
             let proxy = Arc::clone(&proxy);
             let client = Arc::clone(&client);
             async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
         });
-        let (builder, watcher, mut stop) = (Arc::clone(builder), graceful.watcher(), stop.clone());
+        let (builders, watcher, mut stop) = (Arc::clone(builders), graceful.watcher(), stop.clone());
+        let tls = listener.tls.clone();
         tokio::spawn(async move {
-            // hyper's protocol sniffing has no timeout of its own: a client that sends nothing
-            // (or half an HTTP/2 preface) would hold the connection forever.
-            tokio::select! {
-                sniffed = tokio::time::timeout(request_headers, wait_for_protocol(&stream)) => {
-                    if !matches!(sniffed, Ok(Ok(true))) {
+            let Some(tls) = tls else {
+                // hyper's protocol sniffing has no timeout of its own: a client that sends
+                // nothing (or half an HTTP/2 preface) would hold the connection forever.
+                tokio::select! {
+                    sniffed = tokio::time::timeout(request_headers, wait_for_protocol(&stream)) => {
+                        if !matches!(sniffed, Ok(Ok(true))) {
+                            return;
+                        }
+                    }
+                    _ = stop.wait_for(|stopping| *stopping) => return,
+                }
+                let connection = builders
+                    .sniffing
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(error) = watcher.watch(connection.into_owned()).await {
+                    tracing::debug!(%peer, %error, "client connection ended with an error");
+                }
+                return;
+            };
+            let stream = tokio::select! {
+                handshake = tokio::time::timeout(request_headers, tls_handshake(stream, &tls)) => match handshake {
+                    Ok(Some(stream)) => stream,
+                    Ok(None) => return,
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
                         return;
                     }
-                }
+                },
                 _ = stop.wait_for(|stopping| *stopping) => return,
-            }
+            };
+            // ALPN decided the protocol: no sniffing, so the HTTP/1 head timeout applies at once.
+            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                &builders.http2
+            } else {
+                &builders.http1
+            };
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, %error, "client connection ended with an error");
+                tracing::debug!(%peer, %error, "client TLS connection ended with an error");
             }
         });
+    }
+}
+
+/// The server handshake. A client that speaks plain HTTP to the TLS port gets a `400` that
+/// says so, instead of a silent close; anything else that is not TLS is closed.
+async fn tls_handshake(stream: TcpStream, tls: &Terminator) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    if stream.peek(&mut first).await.ok()? == 0 {
+        return None;
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD {
+        if first[0].is_ascii_uppercase() {
+            refuse_plain_http(stream).await;
+        }
+        return None;
+    }
+    match tls.acceptor().accept(stream).await {
+        Ok(stream) => Some(stream),
+        Err(error) => {
+            tracing::debug!(%error, "TLS handshake failed");
+            None
+        }
+    }
+}
+
+async fn refuse_plain_http(mut stream: TcpStream) {
+    let mut buf = vec![0u8; 8192];
+    let _ = stream.read(&mut buf).await;
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{PLAIN_HTTP_TO_TLS}",
+        PLAIN_HTTP_TO_TLS.len()
+    );
+    if stream.write_all(answer.as_bytes()).await.is_err() || stream.shutdown().await.is_err() {
+        return;
+    }
+    // Read what else the client sent until it closes: closing with unread bytes would send a
+    // reset that can destroy the answer before the client reads it.
+    let mut drained = 0;
+    while drained < PLAIN_HTTP_DRAIN {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => drained += n,
+        }
     }
 }
 

@@ -54,7 +54,19 @@ fn main() -> ExitCode {
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {
-    match config::load(path) {
+    // The certificate files are read here too: a file that cannot be served fails at start.
+    let loaded = config::load(path).and_then(|config| {
+        let errors: Vec<_> = (config.listeners.iter().enumerate())
+            .filter_map(|(i, l)| l.tls.as_ref().map(|tls| sluice::tls::check_listener(i, tls)))
+            .flatten()
+            .collect();
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(config::ConfigErrors(errors))
+        }
+    });
+    match loaded {
         Ok(config) => {
             for warning in &config.warnings {
                 println!("warning: {warning}");
@@ -112,13 +124,32 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         let hangup = sluice::reload::listen_for_sighup().context("cannot listen for SIGHUP")?;
         let shutdown = shutdown_signal()?;
         let mut listeners = Vec::with_capacity(config.listeners.len());
-        for listener in &config.listeners {
-            let bound = tokio::net::TcpListener::bind(listener.address)
+        let mut terminators = Vec::new();
+        for (index, listener) in config.listeners.iter().enumerate() {
+            let tls = match &listener.tls {
+                Some(tls) => {
+                    let terminator = sluice::tls::Terminator::new(&listener.name, tls)
+                        .map_err(|e| anyhow::anyhow!("listeners[{index}].tls: {e}"))?;
+                    terminators.push(Arc::clone(&terminator));
+                    Some(terminator)
+                }
+                None => None,
+            };
+            let tcp = tokio::net::TcpListener::bind(listener.address)
                 .await
                 .with_context(|| format!("cannot bind listener {} on {}", listener.name, listener.address))?;
-            tracing::info!(name = %listener.name, addr = %bound.local_addr()?, "listening");
-            listeners.push(bound);
+            let addr = tcp.local_addr()?;
+            match tls {
+                Some(_) => tracing::info!(name = %listener.name, %addr, "listening with TLS"),
+                None => tracing::info!(name = %listener.name, %addr, "listening"),
+            }
+            listeners.push(sluice::listener::Listener { tcp, tls });
         }
+        let _certificate_watchers = terminators
+            .iter()
+            .map(|t| t.watch())
+            .collect::<Result<Vec<_>, _>>()
+            .context("cannot watch the certificate files")?;
         let admin_address = config.admin.as_ref().map(|a| a.address);
         let control = Arc::new(
             Control::start(config, Some(text), Some(path.to_owned())).context("cannot start the control plane")?,
@@ -139,7 +170,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         }
         let _watcher = sluice::reload::watch(Arc::clone(&control), path).context("cannot watch the config file")?;
         #[cfg(unix)]
-        sluice::reload::on_sighup(Arc::clone(&control), hangup);
+        sluice::reload::on_sighup(Arc::clone(&control), terminators, hangup);
         let routing = Arc::clone(control.routing());
         tracing::info!(revision = routing.load().revision, workers, "sluice started");
         sluice::run(listeners, routing, async move {

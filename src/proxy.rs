@@ -239,7 +239,7 @@ pub(crate) fn target_request(request: &mut Request<RequestBody>, endpoint: &Endp
                 .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
                 .unwrap_or_else(|| endpoint.authority().clone());
             let mut parts = http::uri::Parts::default();
-            parts.scheme = Some(Scheme::HTTP);
+            parts.scheme = Some(if endpoint.addr.tls { Scheme::HTTPS } else { Scheme::HTTP });
             parts.authority = Some(authority);
             parts.path_and_query = Some(path);
             if let Ok(uri) = Uri::from_parts(parts) {

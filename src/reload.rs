@@ -1,5 +1,6 @@
 //! Hot reload: the config file is watched and re-read on change, on SIGHUP, and on
-//! `POST /api/v1/reload` (see [`crate::admin`]).
+//! `POST /api/v1/reload` (see [`crate::admin`]). SIGHUP also re-reads TLS certificates, which
+//! [`crate::tls`] otherwise watches on its own.
 //!
 //! The watch is on the file's directory, not the file: editors that save by writing a new
 //! file and renaming it over the old one, and Kubernetes ConfigMaps that swap a `..data`
@@ -15,6 +16,8 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use crate::control::Control;
+#[cfg(unix)]
+use crate::tls::Terminator;
 
 /// Quiet time after the last event before the file is read: long enough for an editor or a
 /// ConfigMap update to finish writing.
@@ -58,12 +61,20 @@ pub fn listen_for_sighup() -> std::io::Result<tokio::signal::unix::Signal> {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
 }
 
-/// Reloads on every SIGHUP `hangup` delivers, until the process ends.
+/// Reloads the configuration, and the certificates of `tls` listeners, on every SIGHUP `hangup`
+/// delivers, until the process ends.
 #[cfg(unix)]
-pub fn on_sighup(control: Arc<Control>, mut hangup: tokio::signal::unix::Signal) {
+pub fn on_sighup(control: Arc<Control>, tls: Vec<Arc<Terminator>>, mut hangup: tokio::signal::unix::Signal) {
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
             reload(&control, "reload (SIGHUP)").await;
+            let tls = tls.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                for terminator in &tls {
+                    terminator.reload();
+                }
+            })
+            .await;
         }
     });
 }

@@ -187,7 +187,7 @@ impl Service {
             .map(|v| {
                 v.endpoints
                     .iter()
-                    .map(|a| registries.upstreams.endpoint(a, v.protocol))
+                    .map(|a| registries.upstreams.endpoint(a, v.protocol, &v.tls))
                     .collect()
             })
             .collect();

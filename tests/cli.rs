@@ -80,14 +80,100 @@ services:
 fn validate_reports_unknown_sections_and_unreadable_files() {
     let dir = temp_dir("unknown");
     let path = dir.join("tls.yaml");
-    std::fs::write(&path, "listeners:\n  - { name: p, address: 127.0.0.1:8443, tls: {} }\n").expect("write");
+    std::fs::write(
+        &path,
+        "listeners:\n  - { name: p, address: 127.0.0.1:8443, proxy_protocol: true }\n",
+    )
+    .expect("write");
     let (ok, stdout) = validate(&path);
     assert!(!ok);
-    assert!(stdout.contains("error: listeners[0]: unknown field `tls`"), "{stdout}");
+    assert!(
+        stdout.contains("error: listeners[0]: unknown field `proxy_protocol`"),
+        "{stdout}"
+    );
 
     let (ok, stdout) = validate(&dir.join("missing.yaml"));
     assert!(!ok);
     assert!(stdout.contains("cannot read"), "{stdout}");
+}
+
+#[test]
+fn validate_reads_certificate_files_and_says_what_is_wrong() {
+    let dir = temp_dir("certs");
+    let key_a = rcgen::KeyPair::generate().expect("key");
+    let cert_a = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
+        .expect("params")
+        .self_signed(&key_a)
+        .expect("cert");
+    let key_b = rcgen::KeyPair::generate().expect("key");
+    let no_names = rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .self_signed(&key_b)
+        .expect("cert");
+    for (name, text) in [
+        ("a.pem", cert_a.pem()),
+        ("a.key", key_a.serialize_pem()),
+        ("b.key", key_b.serialize_pem()),
+        ("nameless.pem", no_names.pem()),
+        ("empty.pem", String::new()),
+    ] {
+        std::fs::write(dir.join(name), text).expect("write");
+    }
+    let pair = |cert: &str, key: &str| {
+        format!(
+            "{{ cert: {}, key: {} }}",
+            dir.join(cert).display(),
+            dir.join(key).display()
+        )
+    };
+    let path = dir.join("tls.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listeners:\n  - {{ name: p, address: 127.0.0.1:0, tls: {{ certificates: [{}, {}, {}, {}, {}] }} }}\n",
+            pair("a.pem", "a.key"),
+            pair("a.pem", "b.key"),
+            pair("missing.pem", "a.key"),
+            pair("empty.pem", "a.key"),
+            pair("nameless.pem", "b.key"),
+        ),
+    )
+    .expect("write");
+    let (ok, stdout) = validate(&path);
+    assert!(!ok, "{stdout}");
+    for want in [
+        format!(
+            "error: listeners[0].tls.certificates[1]: the key in {} does not match the certificate in {}",
+            dir.join("b.key").display(),
+            dir.join("a.pem").display()
+        ),
+        format!(
+            "error: listeners[0].tls.certificates[2]: cannot read {}: No such file",
+            dir.join("missing.pem").display()
+        ),
+        format!(
+            "error: listeners[0].tls.certificates[3]: {} holds no certificate",
+            dir.join("empty.pem").display()
+        ),
+        format!(
+            "error: listeners[0].tls.certificates[4]: {} has no DNS names in its subject alternative names",
+            dir.join("nameless.pem").display()
+        ),
+        "4 error(s)".to_owned(),
+    ] {
+        assert!(stdout.contains(&want), "missing {want:?} in:\n{stdout}");
+    }
+    // The good pair alone validates.
+    std::fs::write(
+        &path,
+        format!(
+            "listeners:\n  - {{ name: p, address: 127.0.0.1:0, tls: {{ certificates: [{}] }} }}\n",
+            pair("a.pem", "a.key")
+        ),
+    )
+    .expect("write");
+    let (ok, stdout) = validate(&path);
+    assert!(ok, "{stdout}");
 }
 
 /// Starts `sluice run -c config`; returns the child, the address it bound (port 0 is asked

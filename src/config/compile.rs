@@ -4,9 +4,9 @@
 
 use std::collections::HashSet;
 
-use super::raw::{RawConfig, RawDefaults, RawService};
+use super::raw::{RawConfig, RawDefaults, RawListenerTls, RawService, RawUpstreamTls};
 use super::{units, AdminConfig, Config, ConfigError, ConfigErrors, HostPattern, Limits, ListenerConfig};
-use super::{Protocol, ServiceSpec, VersionSpec};
+use super::{CertificateSpec, ListenerTls, Protocol, ServiceSpec, UpstreamTls, VersionSpec};
 
 /// Most request-path threads accepted; more is surely a typo.
 const MAX_WORKERS: usize = 1024;
@@ -111,12 +111,75 @@ fn compile_listeners(raw: &RawConfig, errors: &mut Errors) -> Vec<ListenerConfig
                 listeners.push(ListenerConfig {
                     name: listener.name.clone(),
                     address,
+                    tls: listener
+                        .tls
+                        .as_ref()
+                        .map(|tls| compile_listener_tls(&format!("listeners[{i}].tls"), tls, errors)),
                 });
             }
             Err(e) => errors.push(format!("listeners[{i}].address"), e),
         }
     }
     listeners
+}
+
+fn compile_listener_tls(at: &str, raw: &RawListenerTls, errors: &mut Errors) -> ListenerTls {
+    if raw.certificates.is_empty() {
+        errors.push(
+            format!("{at}.certificates"),
+            "at least one certificate is needed, e.g. `- { cert: certs/site.pem, key: certs/site.key }`",
+        );
+    }
+    let mut certificates = Vec::with_capacity(raw.certificates.len());
+    for (j, pair) in raw.certificates.iter().enumerate() {
+        let pat = format!("{at}.certificates[{j}]");
+        for (field, value) in [("cert", &pair.cert), ("key", &pair.key)] {
+            if value.trim().is_empty() {
+                errors.push(format!("{pat}.{field}"), "is empty: give the path of a PEM file");
+            }
+        }
+        let mut names = Vec::new();
+        for (k, name) in pair.names.iter().flatten().enumerate() {
+            match crate::tls::sni_name(name) {
+                Ok(name) => names.push(name),
+                Err(e) => errors.push(format!("{pat}.names[{k}]"), e),
+            }
+        }
+        if pair.names.as_ref().is_some_and(Vec::is_empty) {
+            errors.push(
+                format!("{pat}.names"),
+                "is empty: list at least one name, or leave `names` out to use the certificate's own",
+            );
+        }
+        certificates.push(CertificateSpec {
+            cert: pair.cert.clone().into(),
+            key: pair.key.clone().into(),
+            names,
+        });
+    }
+    ListenerTls { certificates }
+}
+
+fn compile_upstream_tls(at: &str, raw: Option<&RawUpstreamTls>, errors: &mut Errors) -> UpstreamTls {
+    let Some(raw) = raw else { return UpstreamTls::default() };
+    let mut tls = UpstreamTls::default();
+    if let Some(ca) = &raw.ca {
+        match crate::tls::read_ca(std::path::Path::new(ca)) {
+            Ok(certs) => tls.ca_certs = certs,
+            Err(e) => errors.push(format!("{at}.ca"), e),
+        }
+        tls.ca = Some(ca.into());
+    }
+    if let Some(name) = &raw.server_name {
+        match rustls_pki_types::ServerName::try_from(name.as_str()) {
+            Ok(_) => tls.server_name = Some(name.clone()),
+            Err(_) => errors.push(
+                format!("{at}.server_name"),
+                format!("\"{name}\" is not a DNS name or IP address"),
+            ),
+        }
+    }
+    tls
 }
 
 fn compile_admin(raw: &RawConfig, listeners: &[ListenerConfig], errors: &mut Errors) -> Option<AdminConfig> {
@@ -268,12 +331,20 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
             .health_check
             .as_ref()
             .and_then(|h| super::routing::compile_health_check(&vat, h, errors));
+        if version.tls.is_some() && !endpoints.iter().any(|e| e.tls) {
+            errors.push(
+                format!("{vat}.tls"),
+                "applies to https:// endpoints, and this version has none: write them as https://host:port",
+            );
+        }
+        let tls = compile_upstream_tls(&format!("{vat}.tls"), version.tls.as_ref(), errors);
         versions.push(VersionSpec {
             name: name.clone(),
             protocol,
             endpoints,
             weight: 0,
             health_check,
+            tls,
         });
     }
 
@@ -446,6 +517,59 @@ services:
         assert!(errors_of(clash)
             .iter()
             .any(|e| e.contains("never shares a data-plane listener")));
+    }
+
+    #[test]
+    fn tls_settings_are_checked_with_their_paths() {
+        let dir = std::env::temp_dir().join(format!("sluice-compile-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let junk = dir.join("junk.pem");
+        std::fs::write(&junk, "not pem at all").expect("write");
+        let yaml = format!(
+            "listeners:\n  - {{ name: a, address: 127.0.0.1:0, tls: {{ certificates: [] }} }}\n  - {{ name: b, address: 127.0.0.1:0, tls: {{ certificates: [{{ cert: c.pem, key: '', names: [\"bad name\", 127.0.0.1] }}] }} }}\nservices:\n  - name: s\n    versions:\n      plain: {{ endpoints: [127.0.0.1:1], tls: {{ server_name: x.internal }} }}\n      missing: {{ endpoints: [\"https://a:443\"], tls: {{ ca: {}/nope.pem }} }}\n      junk: {{ endpoints: [\"https://a:443\"], tls: {{ ca: {}, server_name: \"not a name\" }} }}\n",
+            dir.display(),
+            junk.display()
+        );
+        let errors = errors_of(&yaml);
+        let expect = [
+            "listeners[0].tls.certificates: at least one certificate is needed",
+            "listeners[1].tls.certificates[0].key: is empty",
+            "listeners[1].tls.certificates[0].names[0]: \"bad name\" is not a DNS name",
+            "listeners[1].tls.certificates[0].names[1]: \"127.0.0.1\" is not a DNS name",
+            "services[0].versions.plain.tls: applies to https:// endpoints, and this version has none",
+            "services[0].versions.missing.tls.ca: cannot read",
+            "services[0].versions.junk.tls.ca: ",
+            "services[0].versions.junk.tls.server_name: \"not a name\" is not a DNS name or IP address",
+        ];
+        for want in expect {
+            assert!(
+                errors.iter().any(|e| e.starts_with(want)),
+                "missing {want:?} in {errors:#?}"
+            );
+        }
+        assert!(errors.iter().any(|e| e.contains("holds no certificate")), "{errors:#?}");
+        assert_eq!(errors.len(), expect.len(), "{errors:#?}");
+
+        // Valid: an https endpoint with the built-in roots, one with a CA file and a name.
+        let ca = rcgen::CertifiedIssuer::self_signed(
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("params"),
+            rcgen::KeyPair::generate().expect("key"),
+        )
+        .expect("ca");
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+        let ok = format!(
+            "listeners: [{{ name: a, address: 127.0.0.1:0, tls: {{ certificates: [{{ cert: a.pem, key: a.key, names: [\"*.Example.com\"] }}] }} }}]\nservices:\n  - name: s\n    versions:\n      web: {{ endpoints: [\"https://example.com:443\", 127.0.0.1:1] }}\n      internal: {{ endpoints: [\"https://10.0.0.1:8443\"], protocol: http2, tls: {{ ca: {}, server_name: app.internal }} }}\n    routing: {{ weights: {{ web: 1 }} }}\n",
+            dir.join("ca.pem").display()
+        );
+        let config = parse(&ok).unwrap_or_else(|e| panic!("{e}"));
+        let tls = config.listeners[0].tls.as_ref().expect("tls");
+        assert_eq!(tls.certificates[0].names, vec!["*.example.com".to_owned()]);
+        let internal = &config.services[0].versions[1];
+        assert_eq!(internal.tls.ca_certs, vec![ca.der().clone()]);
+        assert_eq!(internal.tls.server_name.as_deref(), Some("app.internal"));
+        assert!(config.services[0].versions[0].endpoints[0].tls);
+        assert!(!config.services[0].versions[0].endpoints[1].tls);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

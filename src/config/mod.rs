@@ -91,6 +91,38 @@ pub struct ListenerConfig {
     pub name: String,
     /// Address to bind.
     pub address: SocketAddr,
+    /// TLS termination; `None`: plain HTTP/1.1 and h2c.
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's TLS: certificate and key files, read by [`crate::tls`] at start and whenever
+/// they change on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerTls {
+    /// At least one pair; the first serves clients without SNI or with an unknown name.
+    pub certificates: Vec<CertificateSpec>,
+}
+
+/// One certificate and key pair of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateSpec {
+    /// PEM certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// SNI names, lower-case (`*.example.com` allowed); empty: the certificate's DNS names.
+    pub names: Vec<String>,
+}
+
+/// How a version's `https://` endpoints are verified.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// The CA file, if one replaces the built-in (Mozilla) roots.
+    pub ca: Option<std::path::PathBuf>,
+    /// Its certificates (DER), read when the configuration is loaded.
+    pub ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// Name sent by SNI and verified; `None`: the endpoint's host.
+    pub server_name: Option<String>,
 }
 
 /// Timeouts and body limit, from `defaults`.
@@ -250,7 +282,8 @@ pub enum HostPattern {
 pub enum Protocol {
     /// HTTP/1.1 with pooled keep-alive connections.
     Http1,
-    /// HTTP/2 over cleartext (prior knowledge), one multiplexed connection per endpoint.
+    /// HTTP/2, one multiplexed connection per endpoint: h2c (prior knowledge), or h2 by ALPN
+    /// over TLS.
     Http2,
 }
 
@@ -267,6 +300,8 @@ pub struct VersionSpec {
     pub weight: u32,
     /// Active health checks of each endpoint.
     pub health_check: Option<HealthCheckSpec>,
+    /// Verification of its `https://` endpoints.
+    pub tls: UpstreamTls,
 }
 
 /// Active health checks: `GET path` every `interval`; `unhealthy` failures in a row take an

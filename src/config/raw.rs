@@ -47,6 +47,29 @@ pub struct RawListener {
     pub name: String,
     /// `host:port` to bind.
     pub address: String,
+    /// TLS termination; omitted: plain HTTP/1.1 and h2c.
+    pub tls: Option<RawListenerTls>,
+}
+
+/// `listeners[i].tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListenerTls {
+    /// Certificate and key pairs; the first is the default.
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+}
+
+/// `listeners[i].tls.certificates[j]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    /// PEM file: the certificate, then its chain.
+    pub cert: String,
+    /// PEM file: the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: String,
+    /// SNI names this pair serves; omitted: the certificate's DNS subject alternative names.
+    pub names: Option<Vec<String>>,
 }
 
 /// `admin`.
@@ -218,13 +241,25 @@ pub struct RawMatch {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawVersion {
-    /// `host:port` or `http://host:port`.
+    /// `host:port`, `http://host:port` or `https://host:port`.
     #[serde(default)]
     pub endpoints: Vec<String>,
     /// `http1` (default) or `http2` (h2c, prior knowledge).
     pub protocol: Option<String>,
     /// Active health checks of each endpoint.
     pub health_check: Option<RawHealthCheck>,
+    /// How `https://` endpoints are verified.
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `services[i].versions.NAME.tls`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// PEM file of the CA certificates to trust instead of the built-in roots.
+    pub ca: Option<String>,
+    /// Name sent by SNI and verified in the certificate; default: the endpoint's host.
+    pub server_name: Option<String>,
 }
 
 /// `services[i].versions.NAME.health_check`.

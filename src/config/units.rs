@@ -50,40 +50,50 @@ pub fn bind_address(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// An upstream endpoint's address: a host (name or IP) and a port.
+/// An upstream endpoint's address: a host (name or IP), a port, and whether it speaks TLS.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EndpointAddr {
     /// Host name or IP literal (IPv6 without brackets).
     pub host: String,
     /// TCP port.
     pub port: u16,
+    /// `https://`: connections are TLS.
+    pub tls: bool,
 }
 
-impl std::fmt::Display for EndpointAddr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl EndpointAddr {
+    /// `host:port`, with IPv6 hosts in brackets.
+    pub fn authority(&self) -> String {
         if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
+            format!("[{}]:{}", self.host, self.port)
         } else {
-            write!(f, "{}:{}", self.host, self.port)
+            format!("{}:{}", self.host, self.port)
         }
     }
 }
 
-/// Parses an endpoint: `host:port` or `http://host:port`.
+impl std::fmt::Display for EndpointAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.tls {
+            f.write_str("https://")?;
+        }
+        f.write_str(&self.authority())
+    }
+}
+
+/// Parses an endpoint: `host:port`, `http://host:port` or `https://host:port`.
 pub fn endpoint(text: &str) -> Result<EndpointAddr, String> {
     let trimmed = text.trim();
-    let rest = if let Some(rest) = trimmed.strip_prefix("http://") {
-        rest
-    } else if trimmed.starts_with("https://") {
-        return Err(format!(
-            "\"{text}\": https endpoints need upstream TLS, which this build does not support yet; use http://"
-        ));
+    let (rest, tls) = if let Some(rest) = trimmed.strip_prefix("http://") {
+        (rest, false)
+    } else if let Some(rest) = trimmed.strip_prefix("https://") {
+        (rest, true)
     } else if let Some((scheme, _)) = trimmed.split_once("://") {
         return Err(format!(
-            "\"{text}\": unknown scheme \"{scheme}\"; use host:port or http://host:port"
+            "\"{text}\": unknown scheme \"{scheme}\"; use host:port, http://host:port or https://host:port"
         ));
     } else {
-        trimmed
+        (trimmed, false)
     };
     let rest = rest.strip_suffix('/').unwrap_or(rest);
     let authority: http::uri::Authority = rest
@@ -104,6 +114,7 @@ pub fn endpoint(text: &str) -> Result<EndpointAddr, String> {
     Ok(EndpointAddr {
         host: host.to_owned(),
         port,
+        tls,
     })
 }
 
@@ -141,31 +152,30 @@ mod tests {
     #[test]
     fn endpoints() {
         let cases = [
-            ("127.0.0.1:9001", "127.0.0.1", 9001),
-            ("http://app:80", "app", 80),
-            ("http://app:80/", "app", 80),
-            ("[::1]:8080", "::1", 8080),
+            ("127.0.0.1:9001", "127.0.0.1", 9001, false),
+            ("http://app:80", "app", 80, false),
+            ("http://app:80/", "app", 80, false),
+            ("[::1]:8080", "::1", 8080, false),
+            ("https://app:443", "app", 443, true),
         ];
-        for (text, host, port) in cases {
+        for (text, host, port, tls) in cases {
             assert_eq!(
                 endpoint(text),
                 Ok(EndpointAddr {
                     host: host.into(),
-                    port
+                    port,
+                    tls
                 }),
                 "{text}"
             );
         }
-        for bad in [
-            "app",
-            "https://app:443",
-            "ftp://x:1",
-            "http://app:80/path",
-            ":80",
-            "a b:1",
-        ] {
+        for bad in ["app", "https://app", "ftp://x:1", "http://app:80/path", ":80", "a b:1"] {
             assert!(endpoint(bad).is_err(), "{bad} must be rejected");
         }
         assert_eq!(endpoint("[::1]:8080").unwrap().to_string(), "[::1]:8080");
+        assert_eq!(
+            endpoint("https://[::1]:8443").unwrap().to_string(),
+            "https://[::1]:8443"
+        );
     }
 }

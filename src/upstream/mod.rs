@@ -4,14 +4,16 @@
 //! An [`Endpoint`] outlives routing tables: [`Upstreams`] interns one per address and
 //! protocol, so a table swap keeps every pooled connection warm.
 
+mod io;
 mod pool;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use crate::config::{EndpointAddr, Protocol};
+use crate::config::{EndpointAddr, Protocol, UpstreamTls};
 
+pub use io::UpstreamIo;
 use pool::Pool;
 pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure, Tee};
 
@@ -25,6 +27,8 @@ pub struct Endpoint {
     /// `host:port` as a URI authority, for HTTP/2 requests that carry no `Host`.
     authority: http::uri::Authority,
     protocol: Protocol,
+    /// For `https://` endpoints: the TLS client side, or why it could not be set up.
+    tls: Option<Result<crate::tls::Origin, String>>,
     /// Requests sent here whose response has not finished: the load P2C compares.
     inflight: AtomicUsize,
     /// Whether active health checks let this endpoint take traffic (endpoints start healthy).
@@ -39,16 +43,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: EndpointAddr, protocol: Protocol) -> Self {
+    fn new(addr: EndpointAddr, protocol: Protocol, tls: &UpstreamTls) -> Self {
         let label: Arc<str> = Arc::from(addr.to_string());
-        let authority = label
+        let authority = addr
+            .authority()
             .parse()
             .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"));
+        let tls = addr.tls.then(|| crate::tls::Origin::new(&addr, protocol, tls));
         Self {
             addr,
             label,
             authority,
             protocol,
+            tls,
             inflight: AtomicUsize::new(0),
             healthy: std::sync::atomic::AtomicBool::new(true),
             ejected: std::sync::atomic::AtomicBool::new(false),
@@ -144,19 +151,23 @@ impl Drop for InflightGuard {
 #[derive(Debug, Default)]
 pub struct Upstreams {
     // Locked only while a table is built, never on the request path.
-    endpoints: Mutex<HashMap<(EndpointAddr, Protocol), Weak<Endpoint>>>,
+    endpoints: Mutex<HashMap<EndpointKey, Weak<Endpoint>>>,
 }
 
+/// What makes two endpoints the same: address, protocol and, for `https://`, how it is verified.
+type EndpointKey = (EndpointAddr, Protocol, Option<UpstreamTls>);
+
 impl Upstreams {
-    /// The endpoint for `addr` and `protocol`: the live one if a table still holds it.
-    pub fn endpoint(&self, addr: &EndpointAddr, protocol: Protocol) -> Arc<Endpoint> {
+    /// The endpoint for `addr` with `protocol` (and `tls`, if `addr` is `https://`): the live
+    /// one if a table still holds it.
+    pub fn endpoint(&self, addr: &EndpointAddr, protocol: Protocol, tls: &UpstreamTls) -> Arc<Endpoint> {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         endpoints.retain(|_, weak| weak.strong_count() > 0);
-        let key = (addr.clone(), protocol);
+        let key = (addr.clone(), protocol, addr.tls.then(|| tls.clone()));
         if let Some(live) = endpoints.get(&key).and_then(Weak::upgrade) {
             return live;
         }
-        let endpoint = Arc::new(Endpoint::new(addr.clone(), protocol));
+        let endpoint = Arc::new(Endpoint::new(addr.clone(), protocol, tls));
         endpoints.insert(key, Arc::downgrade(&endpoint));
         endpoint
     }
@@ -234,8 +245,10 @@ mod tests {
                     &EndpointAddr {
                         host: "127.0.0.1".into(),
                         port: 9000 + i,
+                        tls: false,
                     },
                     Protocol::Http1,
+                    &UpstreamTls::default(),
                 )
             })
             .collect()
@@ -291,9 +304,22 @@ mod tests {
         let addr = EndpointAddr {
             host: "a".into(),
             port: 1,
+            tls: false,
         };
-        let a = upstreams.endpoint(&addr, Protocol::Http1);
-        assert!(Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http1)));
-        assert!(!Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http2)));
+        let none = UpstreamTls::default();
+        let a = upstreams.endpoint(&addr, Protocol::Http1, &none);
+        assert!(Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http1, &none)));
+        assert!(!Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http2, &none)));
+        // Verification settings make a different https endpoint, and do not matter for http.
+        let named = UpstreamTls {
+            server_name: Some("a.internal".into()),
+            ..UpstreamTls::default()
+        };
+        assert!(Arc::ptr_eq(&a, &upstreams.endpoint(&addr, Protocol::Http1, &named)));
+        let secure = EndpointAddr { tls: true, ..addr };
+        let b = upstreams.endpoint(&secure, Protocol::Http1, &none);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&b, &upstreams.endpoint(&secure, Protocol::Http1, &none)));
+        assert!(!Arc::ptr_eq(&b, &upstreams.endpoint(&secure, Protocol::Http1, &named)));
     }
 }

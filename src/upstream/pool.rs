@@ -19,7 +19,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use super::{Endpoint, InflightGuard};
 use crate::config::{Limits, Protocol};
@@ -398,18 +397,9 @@ impl Endpoint {
         ))
     }
 
-    async fn tcp_connect(&self, limits: &Limits) -> Result<TcpStream, BoxError> {
-        let connect = TcpStream::connect((self.addr.host.as_str(), self.addr.port));
-        let stream = tokio::time::timeout(limits.connect, connect)
-            .await
-            .map_err(|_| format!("connect timed out after {:?}", limits.connect))??;
-        stream.set_nodelay(true)?;
-        Ok(stream)
-    }
-
     async fn h1_connect(&self, limits: &Limits) -> Result<http1::SendRequest<RequestBody>, BoxError> {
-        let stream = self.tcp_connect(limits).await?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        let io = self.open(limits.connect).await?;
+        let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
         let label = Arc::clone(&self.label);
         tokio::spawn(async move {
             if let Err(e) = connection.with_upgrades().await {
@@ -426,10 +416,10 @@ impl Endpoint {
                 return Ok(sender.clone());
             }
         }
-        // One deadline for the TCP connect and the handshake together, as `connect` promises.
+        // One deadline for the connect, TLS and HTTP/2 handshakes together, as `connect` promises.
         let connect = async {
-            let stream = self.tcp_connect(limits).await?;
-            let handshake = http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+            let io = self.open(limits.connect).await?;
+            let handshake = http2::handshake(TokioExecutor::new(), TokioIo::new(io)).await?;
             Ok::<_, BoxError>(handshake)
         };
         let (sender, connection) = tokio::time::timeout(limits.connect, connect)

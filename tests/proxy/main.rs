@@ -16,3 +16,4 @@ mod shadow;
 mod stickiness;
 mod streaming;
 mod support;
+mod tls;

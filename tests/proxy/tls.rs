@@ -1,0 +1,696 @@
+//! TLS: termination with SNI, ALPN, resumption and live certificate renewal; upstream TLS with a
+//! custom CA. Every certificate is made here with rcgen; clients are rustls with the test's CA.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::HandshakeKind;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio_rustls::client::TlsStream;
+
+use crate::support::*;
+
+/// A certificate authority for one test.
+struct TestCa {
+    issuer: CertifiedIssuer<'static, KeyPair>,
+}
+
+/// A leaf certificate and its key, as PEM, and the certificate's DER.
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let issuer = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("CA");
+        Self { issuer }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let params = CertificateParams::new(names).expect("params");
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &self.issuer).expect("leaf");
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    fn der(&self) -> CertificateDer<'static> {
+        self.issuer.der().clone()
+    }
+
+    fn write(&self, path: &Path) {
+        std::fs::write(path, self.issuer.pem()).expect("write CA");
+    }
+}
+
+/// Writes `text` to `path` the way certbot and cert-manager do: a new file renamed over the old.
+fn replace_file(path: &Path, text: &str) {
+    let staged = path.with_extension("new");
+    std::fs::write(&staged, text).expect("write");
+    std::fs::rename(&staged, path).expect("rename");
+}
+
+fn write_leaf(dir: &Path, stem: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+    let (cert, key) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
+    replace_file(&cert, &leaf.cert_pem);
+    replace_file(&key, &leaf.key_pem);
+    (cert, key)
+}
+
+/// A proxy whose one listener terminates TLS.
+struct TlsProxy {
+    addr: SocketAddr,
+    terminator: Arc<sluice::tls::Terminator>,
+    _watcher: notify::RecommendedWatcher,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TlsProxy {
+    /// `certificates`: the YAML list under `tls.certificates`; `services`: the services list.
+    async fn start(certificates: &str, services: &str) -> TlsProxy {
+        let yaml = format!(
+            "listeners: [{{ name: tls, address: 127.0.0.1:0, tls: {{ certificates: {certificates} }} }}]\nservices:\n{services}"
+        );
+        let config = sluice::config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
+        let tls = config.listeners[0].tls.as_ref().expect("tls listener");
+        let terminator = sluice::tls::Terminator::new("tls", tls).expect("certificates load");
+        let watcher = terminator.watch().expect("watch certificates");
+        let tcp = TcpListener::bind(config.listeners[0].address).await.expect("bind");
+        let addr = tcp.local_addr().expect("addr");
+        let routing = Arc::new(sluice::Routing::new(&config));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let listener = sluice::listener::Listener {
+            tcp,
+            tls: Some(Arc::clone(&terminator)),
+        };
+        let task = tokio::spawn(sluice::run(vec![listener], routing, async move {
+            let _ = stopped.await;
+        }));
+        TlsProxy {
+            addr,
+            terminator,
+            _watcher: watcher,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        within("proxy shutdown", &mut self.task).await.expect("proxy task");
+    }
+}
+
+/// A rustls client config trusting `ca`, offering `alpn`, limited to `versions`.
+fn client_config(
+    ca: &CertificateDer<'static>,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.clone()).expect("CA");
+    let mut config = rustls::ClientConfig::builder_with_provider(sluice::tls::provider())
+        .with_protocol_versions(versions)
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(config)
+}
+
+const BOTH: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13, &rustls::version::TLS12];
+const TLS12_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12];
+
+/// Connects and handshakes; `sni` is a DNS name, or an IP address (then no SNI is sent).
+async fn connect(addr: SocketAddr, config: &Arc<rustls::ClientConfig>, sni: &str) -> TlsStream<TcpStream> {
+    let tcp = within("connect", TcpStream::connect(addr)).await.expect("connect");
+    let name = ServerName::try_from(sni.to_owned()).expect("server name");
+    within(
+        "handshake",
+        tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name, tcp),
+    )
+    .await
+    .expect("handshake")
+}
+
+fn leaf_of(stream: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    stream.get_ref().1.peer_certificates().expect("peer certificates")[0].clone()
+}
+
+/// An HTTP connection over an established TLS stream: HTTP/2 if ALPN agreed on it.
+enum Conn {
+    H1(hyper::client::conn::http1::SendRequest<Body>),
+    H2(hyper::client::conn::http2::SendRequest<Body>),
+}
+
+impl Conn {
+    async fn over(stream: TlsStream<TcpStream>) -> Conn {
+        if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                    .await
+                    .expect("h2 handshake");
+            tokio::spawn(connection);
+            Conn::H2(sender)
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                .await
+                .expect("h1 handshake");
+            tokio::spawn(connection);
+            Conn::H1(sender)
+        }
+    }
+
+    /// GET `path` with `host`; returns the status, the version and the body.
+    async fn get(&mut self, host: &str, path: &str) -> (StatusCode, Version, Bytes) {
+        let response = match self {
+            Conn::H1(sender) => {
+                within("ready", sender.ready()).await.expect("connection usable");
+                let request = Request::get(path).header("host", host).body(empty()).expect("request");
+                within("response", sender.send_request(request)).await
+            }
+            Conn::H2(sender) => {
+                let request = Request::get(format!("https://{host}{path}"))
+                    .body(empty())
+                    .expect("request");
+                within("response", sender.send_request(request)).await
+            }
+        }
+        .expect("response");
+        let (parts, body) = response.into_parts();
+        let bytes = within("body", body.collect()).await.expect("body").to_bytes();
+        (parts.status, parts.version, bytes)
+    }
+}
+
+/// An upstream that answers with what it saw: `proto=<x-forwarded-proto> version=<HTTP version>`.
+async fn echo_upstream() -> Upstream {
+    Upstream::start(|request: Request<Incoming>| async move {
+        let proto = request
+            .headers()
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-")
+            .to_owned();
+        Response::new(full(format!("proto={proto} version={:?}", request.version())))
+    })
+    .await
+}
+
+fn one_service(upstream: SocketAddr) -> String {
+    service("app", "{}", &[("blue", &[upstream], 1)])
+}
+
+#[tokio::test]
+async fn sni_picks_each_names_certificate_and_the_first_is_the_default() {
+    let dir = temp_dir("tls-sni");
+    let ca = TestCa::new("sluice test CA");
+    let (a, b) = (ca.leaf(&["a.test"]), ca.leaf(&["b.test", "*.b.test"]));
+    let (a_cert, a_key) = write_leaf(&dir, "a", &a);
+    let (b_cert, b_key) = write_leaf(&dir, "b", &b);
+    // The third pair serves only the name listed, not every name of its certificate.
+    let listed = ca.leaf(&["listed.test", "other.test"]);
+    let (l_cert, l_key) = write_leaf(&dir, "listed", &listed);
+    let upstream = echo_upstream().await;
+    let proxy = TlsProxy::start(
+        &format!(
+            "[{{ cert: {}, key: {} }}, {{ cert: {}, key: {} }}, {{ cert: {}, key: {}, names: [Listed.Test] }}]",
+            a_cert.display(),
+            a_key.display(),
+            b_cert.display(),
+            b_key.display(),
+            l_cert.display(),
+            l_key.display()
+        ),
+        &one_service(upstream.addr),
+    )
+    .await;
+    let config = client_config(&ca.der(), &[], BOTH);
+    for (sni, want, which) in [
+        ("a.test", &a.der, "a"),
+        ("b.test", &b.der, "b"),
+        ("deep.b.test", &b.der, "b by its wildcard"),
+        ("LISTED.test", &listed.der, "the listed name"),
+    ] {
+        let stream = connect(proxy.addr, &config, sni).await;
+        assert!(leaf_of(&stream) == *want, "SNI {sni} must get certificate {which}");
+        let (status, _, body) = Conn::over(stream).await.get(sni, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body, "proto=https version=HTTP/1.1",
+            "the upstream is told the client used https"
+        );
+    }
+    // A client without SNI (an IP address) or with an unknown name gets the first pair. It
+    // fails verification for those names, so look without verifying.
+    for sni in ["127.0.0.1", "unknown.test", "x.y.b.test", "other.test"] {
+        let presented = presented_certificate(proxy.addr, sni).await;
+        assert!(
+            presented == a.der,
+            "{sni}: the default (first) certificate must be presented"
+        );
+    }
+    proxy.shutdown().await;
+    assert!(upstream.hits() >= 4);
+}
+
+/// The leaf a server presents for `sni`, without verifying it.
+async fn presented_certificate(addr: SocketAddr, sni: &str) -> CertificateDer<'static> {
+    #[derive(Debug)]
+    struct AcceptAnything(Arc<rustls::crypto::CryptoProvider>);
+    impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
+        fn verify_server_cert(
+            &self,
+            _: &CertificateDer<'_>,
+            _: &[CertificateDer<'_>],
+            _: &ServerName<'_>,
+            _: &[u8],
+            _: rustls::pki_types::UnixTime,
+        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        }
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &rustls::DigitallySignedStruct,
+        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+    let provider = sluice::tls::provider();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything(provider)))
+        .with_no_client_auth();
+    leaf_of(&connect(addr, &Arc::new(config), sni).await)
+}
+
+#[tokio::test]
+async fn alpn_h2_http11_and_both_tls_versions_work() {
+    let dir = temp_dir("tls-alpn");
+    let ca = TestCa::new("sluice test CA");
+    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
+    let upstream = echo_upstream().await;
+    let proxy = TlsProxy::start(
+        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
+        &one_service(upstream.addr),
+    )
+    .await;
+    // ALPN offered, TLS versions allowed; then ALPN agreed, HTTP version and TLS version seen.
+    type Case = (
+        &'static [&'static [u8]],
+        &'static [&'static rustls::SupportedProtocolVersion],
+        Option<&'static [u8]>,
+        Version,
+        rustls::ProtocolVersion,
+    );
+    let cases: [Case; 5] = [
+        (
+            &[b"h2", b"http/1.1"],
+            BOTH,
+            Some(b"h2"),
+            Version::HTTP_2,
+            rustls::ProtocolVersion::TLSv1_3,
+        ),
+        (
+            &[b"h2"],
+            TLS12_ONLY,
+            Some(b"h2"),
+            Version::HTTP_2,
+            rustls::ProtocolVersion::TLSv1_2,
+        ),
+        (
+            &[b"http/1.1"],
+            BOTH,
+            Some(b"http/1.1"),
+            Version::HTTP_11,
+            rustls::ProtocolVersion::TLSv1_3,
+        ),
+        (
+            &[b"http/1.1"],
+            TLS12_ONLY,
+            Some(b"http/1.1"),
+            Version::HTTP_11,
+            rustls::ProtocolVersion::TLSv1_2,
+        ),
+        (&[], BOTH, None, Version::HTTP_11, rustls::ProtocolVersion::TLSv1_3),
+    ];
+    for (alpn, versions, agreed, http, tls) in cases {
+        let stream = connect(proxy.addr, &client_config(&ca.der(), alpn, versions), "site.test").await;
+        let session = stream.get_ref().1;
+        assert_eq!(session.alpn_protocol(), agreed, "ALPN offered {alpn:?}");
+        assert_eq!(session.protocol_version(), Some(tls));
+        let mut conn = Conn::over(stream).await;
+        for _ in 0..2 {
+            let (status, version, body) = conn.get("site.test", "/").await;
+            assert_eq!(
+                (status, version),
+                (StatusCode::OK, http),
+                "ALPN {agreed:?} over {tls:?}"
+            );
+            // Upstream connections are HTTP/1.1 whatever the client speaks.
+            assert_eq!(body, "proto=https version=HTTP/1.1");
+        }
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn sessions_resume_with_tls13_and_tls12() {
+    let dir = temp_dir("tls-resume");
+    let ca = TestCa::new("sluice test CA");
+    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
+    let upstream = echo_upstream().await;
+    let proxy = TlsProxy::start(
+        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
+        &one_service(upstream.addr),
+    )
+    .await;
+    for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
+        // One client config holds the client's session store, as a browser would.
+        let config = client_config(&ca.der(), &[b"http/1.1"], versions);
+        let mut kinds = Vec::new();
+        for _ in 0..3 {
+            let stream = connect(proxy.addr, &config, "site.test").await;
+            kinds.push(stream.get_ref().1.handshake_kind().expect("handshake done"));
+            // A request, so the client reads the TLS 1.3 tickets sent after the handshake.
+            let (status, _, _) = Conn::over(stream).await.get("site.test", "/").await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        assert_eq!(
+            kinds,
+            [HandshakeKind::Full, HandshakeKind::Resumed, HandshakeKind::Resumed],
+            "{:?}",
+            versions[0].version
+        );
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn plain_http_to_the_tls_port_is_told_so_and_the_proxy_keeps_serving() {
+    let dir = temp_dir("tls-plain");
+    let ca = TestCa::new("sluice test CA");
+    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
+    let upstream = echo_upstream().await;
+    let proxy = TlsProxy::start(
+        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
+        &one_service(upstream.addr),
+    )
+    .await;
+    for _ in 0..3 {
+        let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        tcp.write_all(b"GET / HTTP/1.1\r\nhost: site.test\r\n\r\n")
+            .await
+            .expect("write");
+        let mut answer = String::new();
+        within("answer", tcp.read_to_string(&mut answer)).await.expect("read");
+        assert!(answer.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{answer}");
+        assert!(
+            answer.ends_with("This port speaks HTTPS: a plain HTTP request was sent to it.\n"),
+            "{answer}"
+        );
+        // Bytes that are neither TLS nor HTTP: the connection is closed.
+        let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        tcp.write_all(&[0, 1, 2, 3, 4, 5, 6, 7]).await.expect("write");
+        let mut rest = Vec::new();
+        let read = within("close", tcp.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_err() || rest.is_empty(),
+            "garbage must get nothing back: {rest:?}"
+        );
+        // An HTTPS client right after is served.
+        let stream = connect(proxy.addr, &client_config(&ca.der(), &[], BOTH), "site.test").await;
+        let (status, _, _) = Conn::over(stream).await.get("site.test", "/").await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    assert_eq!(upstream.hits(), 3, "the plain requests never reached the upstream");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_renewed_pair_is_served_live_and_a_bad_pair_keeps_the_old_one() {
+    let dir = temp_dir("tls-renew");
+    let ca = TestCa::new("sluice test CA");
+    let first = ca.leaf(&["site.test"]);
+    let (cert, key) = write_leaf(&dir, "site", &first);
+    let upstream = echo_upstream().await;
+    let proxy = TlsProxy::start(
+        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
+        &one_service(upstream.addr),
+    )
+    .await;
+    let config = client_config(&ca.der(), &[b"http/1.1"], BOTH);
+    let old = connect(proxy.addr, &config, "site.test").await;
+    assert!(leaf_of(&old) == first.der);
+    let mut old = Conn::over(old).await;
+    assert_eq!(old.get("site.test", "/").await.0, StatusCode::OK);
+
+    // Renewal: a new key and certificate, written as certbot does.
+    let second = ca.leaf(&["site.test"]);
+    write_leaf(&dir, "site", &second);
+    let mut served = first.der.clone();
+    let start = tokio::time::Instant::now();
+    while served != second.der {
+        assert!(start.elapsed() < DEADLINE, "the renewed certificate was never served");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        served = leaf_of(&connect(proxy.addr, &config, "site.test").await);
+    }
+    // The connection opened before the renewal still serves requests.
+    assert_eq!(old.get("site.test", "/").await.0, StatusCode::OK);
+    assert!(proxy.terminator.status()[0].error.is_none());
+
+    // Half a renewal: a new certificate whose key has not been written. It is refused, with
+    // the reason, and the second pair stays in use.
+    let third = ca.leaf(&["site.test"]);
+    replace_file(&cert, &third.cert_pem);
+    wait_until("the mismatched pair is reported", || {
+        proxy.terminator.status()[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("does not match the certificate"))
+    })
+    .await;
+    assert!(leaf_of(&connect(proxy.addr, &config, "site.test").await) == second.der);
+    assert_eq!(old.get("site.test", "/").await.0, StatusCode::OK);
+    // Its key arrives: the third pair is served and the error clears.
+    replace_file(&key, &third.key_pem);
+    let start = tokio::time::Instant::now();
+    while leaf_of(&connect(proxy.addr, &config, "site.test").await) != third.der {
+        assert!(start.elapsed() < DEADLINE, "the completed pair was never served");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(proxy.terminator.status()[0].error.is_none());
+    // Garbage in place of the certificate is refused too, and says why.
+    replace_file(&cert, "not a certificate");
+    wait_until("the unreadable certificate is reported", || {
+        proxy.terminator.status()[0]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("holds no certificate"))
+    })
+    .await;
+    assert!(leaf_of(&connect(proxy.addr, &config, "site.test").await) == third.der);
+    assert_eq!(old.get("site.test", "/").await.0, StatusCode::OK);
+    proxy.shutdown().await;
+}
+
+type Seen = (Version, String, Option<String>);
+
+/// A TLS upstream with `leaf`, offering ALPN h2 and http/1.1; records each request's version,
+/// path and the SNI its connection asked for.
+struct TlsUpstream {
+    addr: SocketAddr,
+    /// Each request's version and path, and its connection's SNI.
+    seen: Arc<Mutex<Vec<Seen>>>,
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    _stop: oneshot::Sender<()>,
+}
+
+impl TlsUpstream {
+    async fn start(leaf: &Leaf) -> TlsUpstream {
+        let chain = vec![leaf.der.clone()];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+        let mut config = rustls::ServerConfig::builder_with_provider(sluice::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .expect("server config");
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (stop, mut stopped) = oneshot::channel();
+        let (record, counted) = (Arc::clone(&seen), Arc::clone(&handshakes));
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = tokio::select! {
+                    accepted = listener.accept() => accepted.expect("accept"),
+                    _ = &mut stopped => return,
+                };
+                let (acceptor, record, counted) = (acceptor.clone(), Arc::clone(&record), Arc::clone(&counted));
+                tokio::spawn(async move {
+                    let Ok(stream) = acceptor.accept(tcp).await else { return };
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        record.lock().expect("lock").push((
+                            request.version(),
+                            request.uri().path().to_owned(),
+                            sni.clone(),
+                        ));
+                        async move { Ok::<_, std::convert::Infallible>(Response::new(full("secure"))) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        TlsUpstream {
+            addr,
+            seen,
+            handshakes,
+            _stop: stop,
+        }
+    }
+
+    fn seen(&self, path: &str) -> Vec<(Version, Option<String>)> {
+        let seen = self.seen.lock().expect("lock");
+        seen.iter()
+            .filter(|(_, p, _)| p == path)
+            .map(|(v, _, sni)| (*v, sni.clone()))
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn upstream_tls_with_a_custom_ca_over_http1_and_h2() {
+    let dir = temp_dir("tls-upstream");
+    let ca = TestCa::new("internal CA");
+    ca.write(&dir.join("ca.pem"));
+    let upstream = TlsUpstream::start(&ca.leaf(&["upstream.internal"])).await;
+    let versions = |protocol: &str| {
+        format!(
+            "    versions:\n      blue:\n        endpoints: [\"https://{}\"]\n        protocol: {protocol}\n        tls: {{ ca: {}, server_name: upstream.internal }}\n        health_check: {{ path: /healthz, interval: 100ms, timeout: 90ms }}\n    routing: {{ weights: {{ blue: 1 }} }}\n",
+            upstream.addr,
+            dir.join("ca.pem").display()
+        )
+    };
+    let services = format!(
+        "  - name: h1\n    match: {{ path_prefix: /one }}\n{}  - name: h2\n    match: {{ path_prefix: /two }}\n{}",
+        versions("http1"),
+        versions("http2")
+    );
+    // With the control plane, so the health checks run.
+    let path = dir.join("sluice.yaml");
+    write_config(
+        &path,
+        &format!("listeners: [{{ name: test, address: 127.0.0.1:0 }}]\nservices:\n{services}"),
+    );
+    let proxy = controlled(&path, Options::default()).await;
+    let client = http1_client();
+    for _ in 0..3 {
+        for path in ["/one", "/two"] {
+            let (status, body) = get(&client, &proxy.url(path), None).await;
+            assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"secure"[..]), "{path}");
+        }
+    }
+    let sni = Some("upstream.internal".to_owned());
+    assert_eq!(upstream.seen("/one"), vec![(Version::HTTP_11, sni.clone()); 3]);
+    assert_eq!(
+        upstream.seen("/two"),
+        vec![(Version::HTTP_2, sni.clone()); 3],
+        "http2 over TLS is h2 by ALPN"
+    );
+    // Requests reuse pooled TLS connections rather than handshaking each time, and the health
+    // checks reach the upstream over TLS too.
+    wait_until("health checks over TLS", || upstream.seen("/healthz").len() >= 2).await;
+    assert!(upstream.seen("/healthz").iter().all(|(_, s)| *s == sni));
+    let handshakes_now = upstream.handshakes.load(Ordering::SeqCst);
+    let checks_now = upstream.seen("/healthz").len();
+    assert!(
+        handshakes_now <= checks_now + 4,
+        "{handshakes_now} handshakes for 6 requests and {checks_now} checks"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_upstream_certificate_gives_502() {
+    let dir = temp_dir("tls-refused");
+    let (trusted, other) = (TestCa::new("trusted CA"), TestCa::new("unknown CA"));
+    trusted.write(&dir.join("ca.pem"));
+    let untrusted = TlsUpstream::start(&other.leaf(&["upstream.internal"])).await;
+    let misnamed = TlsUpstream::start(&trusted.leaf(&["someone-else.internal"])).await;
+    let good = TlsUpstream::start(&trusted.leaf(&["upstream.internal"])).await;
+    let service = |name: &str, addr: SocketAddr, ca: bool| {
+        format!(
+            "  - name: {name}\n    match: {{ path_prefix: /{name} }}\n    versions:\n      blue:\n        endpoints: [\"https://{addr}\"]\n        tls: {{ {}server_name: upstream.internal }}\n    routing: {{ weights: {{ blue: 1 }} }}\n",
+            if ca { format!("ca: {}, ", dir.join("ca.pem").display()) } else { String::new() }
+        )
+    };
+    let services = [
+        service("untrusted", untrusted.addr, true),
+        service("misnamed", misnamed.addr, true),
+        // Without `ca`, the built-in roots: a private CA is not among them.
+        service("builtin", good.addr, false),
+        service("good", good.addr, true),
+    ]
+    .concat();
+    let proxy = proxy(&services).await;
+    let client = http1_client();
+    for name in ["untrusted", "misnamed", "builtin"] {
+        let (status, body) = get(&client, &proxy.url(&format!("/{name}")), None).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{name}: {body:?}");
+    }
+    assert!(untrusted.seen("/untrusted").is_empty() && misnamed.seen("/misnamed").is_empty());
+    assert!(
+        good.seen("/builtin").is_empty(),
+        "no request may cross an unverified connection"
+    );
+    let (status, body) = get(&client, &proxy.url("/good"), None).await;
+    assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"secure"[..]));
+    proxy.shutdown().await;
+}
