@@ -391,17 +391,36 @@ pub fn next(spec: &RolloutSpec, state: &RolloutState, now_ms: u64, verdict: &Ver
     }
 }
 
-/// Calls a webhook step: `POST url` with `body` as JSON, at most `timeout` in all. `Ok(status)`
+/// Calls a webhook step: `POST url` with `body` as JSON, at most `timeout` in all. An `https`
+/// URL is verified against `ca_certs`, or the built-in roots when that is empty. `Ok(status)`
 /// for a 2xx; anything else is an `Err` that says what happened.
-pub async fn call_webhook(url: &http::Uri, timeout: Duration, body: String) -> Result<u16, String> {
+pub async fn call_webhook(
+    url: &http::Uri,
+    timeout: Duration,
+    ca_certs: &[rustls_pki_types::CertificateDer<'static>],
+    body: String,
+) -> Result<u16, String> {
     let call = async {
         let authority = url.authority().ok_or("the URL has no host")?;
-        let port = authority.port_u16().unwrap_or(80);
-        let stream = tokio::net::TcpStream::connect((authority.host(), port))
+        let tls = url.scheme_str() == Some("https");
+        let addr = crate::config::EndpointAddr {
+            host: authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: authority.port_u16().unwrap_or(if tls { 443 } else { 80 }),
+            tls,
+        };
+        let verify = crate::config::UpstreamTls {
+            ca_certs: ca_certs.to_vec(),
+            ..Default::default()
+        };
+        let origin = tls.then(|| crate::tls::Origin::new(&addr, crate::config::Protocol::Http1, &verify));
+        let io = crate::upstream::connect(&addr, origin.as_ref(), timeout)
             .await
             .map_err(|e| format!("cannot connect to {authority}: {e}"))?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
             .await
             .map_err(|e| format!("handshake with {authority} failed: {e}"))?;
         tokio::spawn(connection);
@@ -643,6 +662,7 @@ mod tests {
             Step::Webhook {
                 url: "http://127.0.0.1:1/".parse().expect("uri"),
                 timeout: Duration::from_secs(1),
+                ca_certs: Vec::new(),
             },
         ]);
         let mut state = RolloutState::new(("blue", "canary"), 0, String::new());

@@ -175,10 +175,12 @@ pub struct RawStep {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
-    /// `http://host:port/path` to POST to.
+    /// `http://` or `https://host:port/path` to POST to.
     pub url: String,
     /// How long it may take to answer; default 5s.
     pub timeout: Option<String>,
+    /// For `https`: PEM file of the CA certificates to trust instead of the built-in roots.
+    pub ca: Option<String>,
 }
 
 /// `rollout.guardrails`.

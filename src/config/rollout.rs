@@ -55,10 +55,12 @@ pub enum Step {
     Approval,
     /// POST the rollout's description to `url`; a 2xx within `timeout` passes.
     Webhook {
-        /// `http://host:port/path`.
+        /// `http://` or `https://host:port/path`.
         url: http::Uri,
         /// How long the answer may take.
         timeout: Duration,
+        /// For `https`: the CA certificates trusted instead of the built-in roots; empty: those.
+        ca_certs: Vec<rustls_pki_types::CertificateDer<'static>>,
     },
 }
 
@@ -205,26 +207,29 @@ fn compile_step(sat: &str, raw: &RawStep, errors: &mut Errors) -> Option<Step> {
             errors,
         );
         let url = match webhook.url.parse::<http::Uri>() {
-            Ok(url) if url.scheme_str() == Some("http") && url.authority().is_some() => url,
-            Ok(url) if url.scheme_str() == Some("https") => {
-                errors.push(
-                    format!("{sat}.webhook.url"),
-                    format!("\"{url}\": https webhooks are not supported yet; use http://"),
-                );
-                return None;
-            }
+            Ok(url) if matches!(url.scheme_str(), Some("http" | "https")) && url.authority().is_some() => url,
             _ => {
                 errors.push(
                     format!("{sat}.webhook.url"),
                     format!(
-                        "\"{}\" is not an http URL: write e.g. \"http://127.0.0.1:7000/gate\"",
+                        "\"{}\" is not an http or https URL: write e.g. \"http://127.0.0.1:7000/gate\"",
                         webhook.url
                     ),
                 );
                 return None;
             }
         };
-        return Some(Step::Webhook { url, timeout });
+        let mut ca_certs = Vec::new();
+        if let Some(ca) = &webhook.ca {
+            if url.scheme_str() != Some("https") {
+                errors.push(format!("{sat}.webhook.ca"), "applies to https:// URLs only");
+            }
+            match crate::tls::read_ca(std::path::Path::new(ca)) {
+                Ok(certs) => ca_certs = certs,
+                Err(e) => errors.push(format!("{sat}.webhook.ca"), e),
+            }
+        }
+        return Some(Step::Webhook { url, timeout, ca_certs });
     }
     let weight = match raw.weight {
         Some(w) if w > 100 => {
@@ -331,7 +336,8 @@ mod tests {
                 Step::Approval,
                 Step::Webhook {
                     url: "http://127.0.0.1:7000/gate".parse().expect("uri"),
-                    timeout: DEFAULT_WEBHOOK_TIMEOUT
+                    timeout: DEFAULT_WEBHOOK_TIMEOUT,
+                    ca_certs: Vec::new(),
                 },
                 Step::Weight {
                     weight: None,
@@ -355,7 +361,7 @@ mod tests {
     #[test]
     fn bad_plans_report_every_error() {
         let yaml = service(
-            "      baseline: blue\n      canary: canry\n      steps:\n        - { weight: 150 }\n        - { weight: 5, approval: true }\n        - { approval: false }\n        - { webhook: { url: \"https://x:1/\" } }\n        - { webhook: { url: nope } }\n        - { hold: 0s }\n      guardrails: { window: 2m, min_requests: 0, max_error_rate: 2, max_p99: fast, max_p99_ratio: 0.5 }\n      on_breach: panic\n",
+            "      baseline: blue\n      canary: canry\n      steps:\n        - { weight: 150 }\n        - { weight: 5, approval: true }\n        - { approval: false }\n        - { webhook: { url: \"http://x:1/\", ca: /nonexistent/ca.pem } }\n        - { webhook: { url: nope } }\n        - { hold: 0s }\n      guardrails: { window: 2m, min_requests: 0, max_error_rate: 2, max_p99: fast, max_p99_ratio: 0.5 }\n      on_breach: panic\n",
         );
         let errors: Vec<String> = parse(&yaml)
             .expect_err("invalid")
@@ -368,8 +374,9 @@ mod tests {
             "services[0].rollout.steps[0].weight: 150 is out of range",
             "services[0].rollout.steps[1]: a step is one of",
             "services[0].rollout.steps[2].approval: only `approval: true`",
-            "services[0].rollout.steps[3].webhook.url: \"https://x:1/\": https webhooks are not supported yet",
-            "services[0].rollout.steps[4].webhook.url: \"nope\" is not an http URL",
+            "services[0].rollout.steps[3].webhook.ca: applies to https:// URLs only",
+            "services[0].rollout.steps[3].webhook.ca: cannot read /nonexistent/ca.pem",
+            "services[0].rollout.steps[4].webhook.url: \"nope\" is not an http or https URL",
             "services[0].rollout.steps[5].hold: must be greater than zero",
             "services[0].rollout.guardrails.window: 120s is too long",
             "services[0].rollout.guardrails.min_requests: must be at least 1",

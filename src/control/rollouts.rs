@@ -377,7 +377,8 @@ impl Control {
 
     /// Calls the current webhook step's URL in the background; the loop reads the outcome.
     fn call_webhook(&self, inner: &mut Inner, service: &str, spec: &RolloutSpec, state: &RolloutState) {
-        let (Some(Step::Webhook { url, timeout }), Some(runtime)) = (spec.steps.get(state.step), self.runtime.get())
+        let (Some(Step::Webhook { url, timeout, ca_certs }), Some(runtime)) =
+            (spec.steps.get(state.step), self.runtime.get())
         else {
             return;
         };
@@ -398,9 +399,9 @@ impl Control {
             "weights": rollout_weights(state),
         })
         .to_string();
-        let (url, timeout, service) = (url.clone(), *timeout, service.to_owned());
+        let (url, timeout, ca_certs, service) = (url.clone(), *timeout, ca_certs.clone(), service.to_owned());
         runtime.spawn(async move {
-            let outcome = match rollout::call_webhook(&url, timeout, body).await {
+            let outcome = match rollout::call_webhook(&url, timeout, &ca_certs, body).await {
                 Ok(code) => WebhookStatus::Passed(code),
                 Err(why) => WebhookStatus::Failed(why),
             };

@@ -9,6 +9,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::Endpoint;
+use crate::config::EndpointAddr;
+use crate::tls::Origin;
 
 /// A connected upstream stream.
 #[derive(Debug)]
@@ -22,24 +24,34 @@ pub enum UpstreamIo {
 impl Endpoint {
     /// Connects within `timeout`, which covers the TCP connect and the TLS handshake together.
     pub async fn open(&self, timeout: Duration) -> Result<UpstreamIo, Box<dyn std::error::Error + Send + Sync>> {
-        let open = async {
-            let stream = TcpStream::connect((self.addr.host.as_str(), self.addr.port)).await?;
-            stream.set_nodelay(true)?;
-            match &self.tls {
-                None => Ok(UpstreamIo::Plain(stream)),
-                Some(Ok(origin)) => Ok(UpstreamIo::Tls(Box::new(origin.connect(stream).await.map_err(
-                    |e| match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-                        Some(tls) => io::Error::other(format!("TLS handshake with {} failed: {tls}", self.label)),
-                        None => e,
-                    },
-                )?))),
-                Some(Err(why)) => Err(io::Error::other(why.clone())),
-            }
-        };
-        Ok(tokio::time::timeout(timeout, open)
-            .await
-            .map_err(|_| format!("connect to {} timed out after {timeout:?}", self.label))??)
+        connect(&self.addr, self.tls.as_ref(), timeout).await
     }
+}
+
+/// Connects to `addr` within `timeout` (TCP connect and TLS handshake together), with TLS when
+/// `tls` is given: the client side, or why it could not be set up.
+pub async fn connect(
+    addr: &EndpointAddr,
+    tls: Option<&Result<Origin, String>>,
+    timeout: Duration,
+) -> Result<UpstreamIo, Box<dyn std::error::Error + Send + Sync>> {
+    let open = async {
+        let stream = TcpStream::connect((addr.host.as_str(), addr.port)).await?;
+        stream.set_nodelay(true)?;
+        match tls {
+            None => Ok(UpstreamIo::Plain(stream)),
+            Some(Ok(origin)) => Ok(UpstreamIo::Tls(Box::new(origin.connect(stream).await.map_err(
+                |e| match e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                    Some(why) => io::Error::other(format!("TLS handshake with {addr} failed: {why}")),
+                    None => e,
+                },
+            )?))),
+            Some(Err(why)) => Err(io::Error::other(why.clone())),
+        }
+    };
+    Ok(tokio::time::timeout(timeout, open)
+        .await
+        .map_err(|_| format!("connect to {addr} timed out after {timeout:?}"))??)
 }
 
 impl AsyncRead for UpstreamIo {

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::{EndpointAddr, Protocol, UpstreamTls};
 
-pub use io::UpstreamIo;
+pub use io::{connect, UpstreamIo};
 use pool::Pool;
 pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure, Tee};
 

@@ -694,3 +694,41 @@ async fn a_refused_upstream_certificate_gives_502() {
     assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"secure"[..]));
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn https_webhooks_are_verified_against_their_ca() {
+    let dir = temp_dir("tls-webhook");
+    let (ca, other) = (TestCa::new("gate CA"), TestCa::new("unknown CA"));
+    let gate = TlsUpstream::start(&ca.leaf(&["127.0.0.1"])).await;
+    let url: http::Uri = format!("https://{}/gate", gate.addr).parse().expect("url");
+    let timeout = std::time::Duration::from_secs(5);
+    let passed = sluice::rollout::call_webhook(&url, timeout, &[ca.der()], "{}".into()).await;
+    assert_eq!(passed, Ok(200));
+    assert_eq!(
+        gate.seen("/gate"),
+        vec![(Version::HTTP_11, None)],
+        "no SNI for an IP address"
+    );
+    for roots in [vec![other.der()], Vec::new()] {
+        let refused = sluice::rollout::call_webhook(&url, timeout, &roots, "{}".into()).await;
+        let why = refused.expect_err("an unknown issuer must not pass");
+        assert!(
+            why.contains("TLS handshake with https://127.0.0.1:") && why.contains("UnknownIssuer"),
+            "{why}"
+        );
+    }
+    assert_eq!(
+        gate.seen("/gate").len(),
+        1,
+        "nothing was sent over the refused connections"
+    );
+    // The configuration reads the CA file of an https webhook.
+    ca.write(&dir.join("gate-ca.pem"));
+    let yaml = format!(
+        "listeners: [{{ name: p, address: 127.0.0.1:0 }}]\nservices:\n  - name: s\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }}, canary: {{ endpoints: [127.0.0.1:2] }} }}\n    rollout:\n      baseline: blue\n      canary: canary\n      steps: [{{ webhook: {{ url: \"{url}\", ca: {} }} }}]\n",
+        dir.join("gate-ca.pem").display()
+    );
+    let config = sluice::config::parse(&yaml).unwrap_or_else(|e| panic!("{e}"));
+    let steps = &config.services[0].rollout.as_ref().expect("rollout").steps;
+    assert!(matches!(&steps[0], sluice::config::Step::Webhook { ca_certs, .. } if *ca_certs == vec![ca.der()]));
+}
