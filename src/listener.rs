@@ -173,12 +173,17 @@ async fn accept_loop(
                 },
                 _ = stop.wait_for(|stopping| *stopping) => return,
             };
-            // ALPN decided the protocol: no sniffing, so the HTTP/1 head timeout applies at once.
-            let builder = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                &builders.http2
-            } else {
-                &builders.http1
+            // ALPN decided the protocol. hyper times neither the wait for a first HTTP/1 byte
+            // nor the HTTP/2 preface, so both are read here, under the head timeout.
+            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let stream = tokio::select! {
+                first = tokio::time::timeout(request_headers, Prefixed::first_bytes(stream, h2)) => match first {
+                    Ok(Some(stream)) => stream,
+                    _ => return,
+                },
+                _ = stop.wait_for(|stopping| *stopping) => return,
             };
+            let builder = if h2 { &builders.http2 } else { &builders.http1 };
             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "client TLS connection ended with an error");
@@ -245,5 +250,88 @@ async fn wait_for_protocol(stream: &tokio::net::TcpStream) -> std::io::Result<bo
         // Part of the preface is buffered and `peek` would return at once: look again shortly
         // (only a client stalling inside the 24-byte preface ever gets here).
         tokio::time::sleep(PREFACE_RECHECK).await;
+    }
+}
+
+/// A TLS stream with bytes already read from it in front: the first bytes of a client's
+/// request, read before hyper takes over so a silent client is bounded by the head timeout.
+struct Prefixed {
+    prefix: bytes::Bytes,
+    inner: tokio_rustls::server::TlsStream<TcpStream>,
+}
+
+impl Prefixed {
+    /// Reads the HTTP/2 preface (`h2`), or whatever the client sends first; `None` if the client
+    /// closed first or sent something else than the preface.
+    async fn first_bytes(mut inner: tokio_rustls::server::TlsStream<TcpStream>, h2: bool) -> Option<Self> {
+        let prefix = if h2 {
+            let mut preface = [0u8; H2_PREFACE.len()];
+            inner.read_exact(&mut preface).await.ok()?;
+            if preface != H2_PREFACE {
+                return None;
+            }
+            bytes::Bytes::from_static(H2_PREFACE)
+        } else {
+            let mut first = vec![0u8; 4096];
+            let n = inner.read(&mut first).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            first.truncate(n);
+            bytes::Bytes::from(first)
+        };
+        Some(Self { prefix, inner })
+    }
+}
+
+impl tokio::io::AsyncRead for Prefixed {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Prefixed {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -338,6 +338,19 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
             );
         }
         let tls = compile_upstream_tls(&format!("{vat}.tls"), version.tls.as_ref(), errors);
+        if tls.server_name.is_none() {
+            for (k, endpoint) in endpoints.iter().enumerate().filter(|(_, e)| e.tls) {
+                if rustls_pki_types::ServerName::try_from(endpoint.host.as_str()).is_err() {
+                    errors.push(
+                        format!("{vat}.endpoints[{k}]"),
+                        format!(
+                            "\"{}\" cannot be verified by TLS; set tls.server_name to the name in its certificate",
+                            endpoint.host
+                        ),
+                    );
+                }
+            }
+        }
         versions.push(VersionSpec {
             name: name.clone(),
             protocol,
@@ -526,7 +539,7 @@ services:
         let junk = dir.join("junk.pem");
         std::fs::write(&junk, "not pem at all").expect("write");
         let yaml = format!(
-            "listeners:\n  - {{ name: a, address: 127.0.0.1:0, tls: {{ certificates: [] }} }}\n  - {{ name: b, address: 127.0.0.1:0, tls: {{ certificates: [{{ cert: c.pem, key: '', names: [\"bad name\", 127.0.0.1] }}] }} }}\nservices:\n  - name: s\n    versions:\n      plain: {{ endpoints: [127.0.0.1:1], tls: {{ server_name: x.internal }} }}\n      missing: {{ endpoints: [\"https://a:443\"], tls: {{ ca: {}/nope.pem }} }}\n      junk: {{ endpoints: [\"https://a:443\"], tls: {{ ca: {}, server_name: \"not a name\" }} }}\n",
+            "listeners:\n  - {{ name: a, address: 127.0.0.1:0, tls: {{ certificates: [] }} }}\n  - {{ name: b, address: 127.0.0.1:0, tls: {{ certificates: [{{ cert: c.pem, key: '', names: [\"bad name\", 127.0.0.1] }}] }} }}\nservices:\n  - name: s\n    versions:\n      plain: {{ endpoints: [127.0.0.1:1], tls: {{ server_name: x.internal }} }}\n      missing: {{ endpoints: [\"https://a:443\"], tls: {{ ca: {}/nope.pem }} }}\n      junk: {{ endpoints: [\"https://a:443\"], tls: {{ ca: {}, server_name: \"not a name\" }} }}\n      odd: {{ endpoints: [\"https://my_host!:443\"] }}\n",
             dir.display(),
             junk.display()
         );
@@ -540,6 +553,7 @@ services:
             "services[0].versions.missing.tls.ca: cannot read",
             "services[0].versions.junk.tls.ca: ",
             "services[0].versions.junk.tls.server_name: \"not a name\" is not a DNS name or IP address",
+            "services[0].versions.odd.endpoints[0]: \"my_host!\" cannot be verified by TLS",
         ];
         for want in expect {
             assert!(

@@ -90,8 +90,13 @@ struct TlsProxy {
 impl TlsProxy {
     /// `certificates`: the YAML list under `tls.certificates`; `services`: the services list.
     async fn start(certificates: &str, services: &str) -> TlsProxy {
+        Self::start_with(certificates, services, "").await
+    }
+
+    /// Like [`TlsProxy::start`], with `extra` top-level YAML.
+    async fn start_with(certificates: &str, services: &str, extra: &str) -> TlsProxy {
         let yaml = format!(
-            "listeners: [{{ name: tls, address: 127.0.0.1:0, tls: {{ certificates: {certificates} }} }}]\nservices:\n{services}"
+            "listeners: [{{ name: tls, address: 127.0.0.1:0, tls: {{ certificates: {certificates} }} }}]\n{extra}\nservices:\n{services}"
         );
         let config = sluice::config::parse(&yaml).unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
         let tls = config.listeners[0].tls.as_ref().expect("tls listener");
@@ -463,6 +468,50 @@ async fn plain_http_to_the_tls_port_is_told_so_and_the_proxy_keeps_serving() {
         assert_eq!(status, StatusCode::OK);
     }
     assert_eq!(upstream.hits(), 3, "the plain requests never reached the upstream");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn silent_clients_are_closed_before_and_after_the_handshake() {
+    let dir = temp_dir("tls-silent");
+    let ca = TestCa::new("sluice test CA");
+    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
+    let upstream = echo_upstream().await;
+    let proxy = TlsProxy::start_with(
+        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
+        &one_service(upstream.addr),
+        "defaults: { timeouts: { request_headers: 300ms } }",
+    )
+    .await;
+    // Connects and sends nothing: no handshake ever starts.
+    let mut silent = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut rest = Vec::new();
+    let read = within("the silent connection is closed", silent.read_to_end(&mut rest)).await;
+    assert!(read.is_err() || rest.is_empty(), "{rest:?}");
+    // Half a ClientHello (a record header promising more): the handshake never completes.
+    let mut partial = TcpStream::connect(proxy.addr).await.expect("connect");
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .expect("write");
+    let read = within("the stalled handshake is closed", partial.read_to_end(&mut rest)).await;
+    assert!(read.is_err() || rest.is_empty(), "{rest:?}");
+    // Handshakes, then sends no request, over HTTP/1.1 and over HTTP/2.
+    for alpn in [&b"http/1.1"[..], b"h2"] {
+        let mut stream = connect(proxy.addr, &client_config(&ca.der(), &[alpn], BOTH), "site.test").await;
+        let mut buf = Vec::new();
+        let _ = within("the idle TLS connection is closed", stream.read_to_end(&mut buf)).await;
+        assert!(buf.is_empty(), "nothing but the close: {buf:?}");
+    }
+    // Half the HTTP/2 preface, then nothing.
+    let mut stream = connect(proxy.addr, &client_config(&ca.der(), &[b"h2"], BOTH), "site.test").await;
+    stream.write_all(b"PRI * HTTP/2.0\r\n").await.expect("write");
+    let mut buf = Vec::new();
+    let _ = within("the stalled preface is closed", stream.read_to_end(&mut buf)).await;
+    assert!(buf.is_empty(), "{buf:?}");
+    // Still serving.
+    let stream = connect(proxy.addr, &client_config(&ca.der(), &[], BOTH), "site.test").await;
+    assert_eq!(Conn::over(stream).await.get("site.test", "/").await.0, StatusCode::OK);
     proxy.shutdown().await;
 }
 
