@@ -25,6 +25,10 @@
 #                   the report says how many requests it received per mirroring instance.
 set -euo pipefail
 
+BENCH_NAME=compare # log prefix [compare], temp dir /tmp/sluice-compare.XXXXXX
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
@@ -40,17 +44,10 @@ SLUICE_B_MIRROR_PERCENT=${SLUICE_B_MIRROR_PERCENT:-}
 PROXY_CORE=0
 LOAD_CORE=1
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-
-log() { printf '[compare] %s\n' "$*" >&2; }
-die() { printf '[compare] ERROR: %s\n' "$*" >&2; exit 1; }
-
 case "$SCENARIO" in weighted|single) ;; *) die "SCENARIO must be weighted or single" ;; esac
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
-[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds)"
-[[ -z "$SLUICE_BIN" || -x "$SLUICE_BIN" ]] || die "SLUICE_BIN=$SLUICE_BIN is not an executable file"
-[[ -z "$SLUICE_B_BIN" || -x "$SLUICE_B_BIN" ]] || die "SLUICE_B_BIN=$SLUICE_B_BIN is not an executable file"
+check_rounds_duration
+check_bin SLUICE_BIN
+check_bin SLUICE_B_BIN
 [[ -n "$SLUICE_B_LABEL" ]] || die "SLUICE_B_LABEL must not be empty"
 check_percent() { # NAME VALUE: empty, or a number 0..100 (decimals allowed, as sluice's percent is a float)
     [[ -z "$2" ]] && return 0
@@ -63,207 +60,22 @@ check_percent SLUICE_B_MIRROR_PERCENT "$SLUICE_B_MIRROR_PERCENT"
 MIRROR=0
 [[ -n "$MIRROR_PERCENT" || -n "$SLUICE_B_MIRROR_PERCENT" ]] && MIRROR=1
 
-# ---------------------------------------------------------------- cleanup
-TMP=$(mktemp -d /tmp/sluice-compare.XXXXXX)
-STARTED_PIDS=()
-WRK_PID=""
-
-# proc_start PID: start time (field 22 of /proc/PID/stat), to tell a process from a reused PID
-proc_start() {
-    local rest
-    { read -r rest <"/proc/$1/stat"; } 2>/dev/null || return 0
-    rest=${rest##*) }
-    read -r -a rest <<<"$rest"
-    echo "${rest[19]}"
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pid last=${!:-} ppid rest i
-    local -A desc=()
-    if [[ -n "${WRK_PID:-}" ]]; then
-        kill -TERM "$WRK_PID" 2>/dev/null || true
-        wait "$WRK_PID" 2>/dev/null || true
-    fi
-    # a signal can land between 'cmd &' and recording its PID: take the last background job too,
-    # but only while it is still a direct child of this script
-    if [[ -n "$last" && " ${STARTED_PIDS[*]} " != *" $last "* ]]; then
-        if { read -r rest <"/proc/$last/stat"; } 2>/dev/null; then
-            rest=${rest##*) }
-            read -r _ ppid _ <<<"$rest"
-            if [[ "$ppid" == "$$" ]]; then STARTED_PIDS+=("$last"); fi
-        fi
-    fi
-    # remember descendants (nginx workers) with their start times, in case a parent has to be KILLed
-    if declare -F proc_tree >/dev/null; then
-        for pid in "${STARTED_PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null || continue
-            for i in $(proc_tree "$pid"); do
-                [[ "$i" == "$pid" ]] || desc[$i]=$(proc_start "$i")
-            done
-        done
-    fi
-    for pid in "${STARTED_PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED_PIDS[@]}"; do
-        for i in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid ignored SIGTERM for 5 s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
-    for pid in "${!desc[@]}"; do
-        if [[ -n "${desc[$pid]}" && "$(proc_start "$pid")" == "${desc[$pid]}" ]]; then
-            log "descendant pid $pid still alive: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done
-    if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
-        log "temp dir kept: $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# ---------------------------------------------------------------- cleanup (benches/lib.sh)
+bench_start
 
 # ---------------------------------------------------------------- tools
-need_install=()
-command -v nginx >/dev/null 2>&1 || need_install+=(nginx)
-command -v wrk >/dev/null 2>&1 || need_install+=(wrk)
-command -v curl >/dev/null 2>&1 || need_install+=(curl)
-command -v taskset >/dev/null 2>&1 || need_install+=(util-linux)
-if ((${#need_install[@]})); then
-    log "installing: ${need_install[*]}"
-    [[ $(id -u) == 0 ]] || die "need root to apt-get install ${need_install[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
-fi
-NGINX_VERSION=$(nginx -v 2>&1 | sed -n 's/^nginx version: //p')
+check_tools nginx wrk curl taskset:util-linux
 WRK_VERSION=$( (wrk --version 2>&1 || true) | head -n1 | awk '{print $2}')
-[[ -n "$NGINX_VERSION" ]] || die "nginx -v gave no version"
 [[ -n "$WRK_VERSION" ]] || die "wrk --version gave no version"
 log "nginx: $NGINX_VERSION, wrk: $WRK_VERSION"
-CLK_TCK=$(getconf CLK_TCK)
-NCPU=$(nproc)
-((NCPU >= 2)) || log "WARNING: only $NCPU CPU(s); pinning to cores 0 and 1 will fail"
+check_cpus
 
 # ---------------------------------------------------------------- build
-bin_sha() { sha256sum "$1" 2>/dev/null | cut -c1-12; }
-if [[ -n "$SLUICE_BIN" ]]; then
-    SLUICE=$SLUICE_BIN
-    log "SLUICE_BIN set: using $SLUICE, not building"
-else
-    SLUICE=$TARGET/release/sluice
-    if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-        log "cargo build --release (target dir: $TARGET)"
-        (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet)
-    fi
-fi
-[[ -x "$SLUICE" ]] || die "no sluice binary at $SLUICE"
-if [[ -n "$SLUICE_BIN" ]]; then
-    # an arbitrary binary: the working tree's revision says nothing about it
-    SLUICE_REV="$SLUICE (sha256 $(bin_sha "$SLUICE"))"
-else
-    SLUICE_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-    if [[ -n "$(cd "$REPO" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
-        SLUICE_REV="$SLUICE_REV+dirty"
-    fi
-    [[ "${SKIP_BUILD:-0}" == 1 ]] && SLUICE_REV="$SLUICE_REV (SKIP_BUILD: binary sha256 $(bin_sha "$SLUICE"))"
-fi
+build_sluice
 SLUICE_B_REV=""
 [[ -n "$SLUICE_B_BIN" ]] && SLUICE_B_REV="$SLUICE_B_BIN (sha256 $(bin_sha "$SLUICE_B_BIN"))"
 
 # ---------------------------------------------------------------- helpers
-USED_PORTS=" "
-port_in_use() {
-    # any TCP socket (v4/v6, any state) with this local port
-    local hex
-    hex=$(printf '%04X' "$1")
-    awk -v h=":$hex" 'NR > 1 && substr($2, length($2) - 4) == h { found = 1 } END { exit !found }' \
-        /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-free_port() { # sets PORT (not called in a subshell, so USED_PORTS persists)
-    local p i
-    for i in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
-        [[ "$USED_PORTS" == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        USED_PORTS+="$p "
-        PORT=$p
-        return 0
-    done
-    die "no free port found"
-}
-
-# wait_ready NAME PID URL [LOG]: poll with curl until a 200 arrives (bounded), fail if the process died
-wait_ready() {
-    local name=$1 pid=$2 url=$3 logf=${4:-} i code
-    for i in $(seq 1 150); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            [[ -n "$logf" && -s "$logf" ]] && tail -n 5 "$logf" | sed 's/^/    /' >&2
-            die "$name (pid $pid) exited during start-up; see $TMP"
-        fi
-        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url" || true)
-        [[ "$code" == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$name did not answer 200 at $url after 15 s (last code: ${code:-none}); see $TMP"
-}
-
-# pids of a process and all its descendants (scans /proc; no CONFIG_PROC_CHILDREN needed)
-proc_tree() {
-    local root=$1 f rest ppid pid
-    local -A parent=()
-    for f in /proc/[0-9]*/stat; do
-        { read -r rest <"$f"; } 2>/dev/null || continue
-        pid=${f#/proc/}; pid=${pid%/stat}
-        rest=${rest##*) }
-        read -r _ ppid _ <<<"$rest"
-        parent[$pid]=$ppid
-    done
-    local queue=("$root") out=() cur p
-    while ((${#queue[@]})); do
-        cur=${queue[0]}; queue=("${queue[@]:1}")
-        out+=("$cur")
-        for p in "${!parent[@]}"; do
-            [[ "${parent[$p]}" == "$cur" ]] && queue+=("$p")
-        done
-    done
-    printf '%s\n' "${out[@]}" | sort -n | tr '\n' ' '
-}
-
-# cpu_ticks PID...: sum of utime+stime (fields 14, 15 of /proc/PID/stat) in clock ticks
-cpu_ticks() {
-    local total=0 pid rest
-    local -a f
-    for pid in "$@"; do
-        { read -r rest <"/proc/$pid/stat"; } 2>/dev/null || continue
-        rest=${rest##*) }          # fields from 3 (state) on
-        read -r -a f <<<"$rest"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-
-# hwm_kb PID...: sum of VmHWM (peak RSS) in kB
-hwm_kb() {
-    local total=0 pid v
-    for pid in "$@"; do
-        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
 # latency string from wrk (e.g. 812.00us, 1.23ms, 1.01s, 2.00m) -> milliseconds
 to_ms() {
     awk -v s="$1" 'BEGIN {
@@ -273,70 +85,9 @@ to_ms() {
         printf "%.2f", n }'
 }
 
-median() { # numbers as args
-    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '
-        { a[NR] = $1 } END {
-            if (NR == 0) { print "?"; exit }
-            if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-
 # ---------------------------------------------------------------- upstreams
-NGINX_USER_LINE=""
-[[ $(id -u) == 0 ]] && NGINX_USER_LINE="user root root;"
-
-# nginx_conf DIR HTTP_BODY: common top part, http block content is appended by caller
-nginx_common() {
-    local dir=$1
-    mkdir -p "$dir/logs" "$dir/tmp"
-    cat <<EOF
-$NGINX_USER_LINE
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 4096; multi_accept on; }
-EOF
-}
-nginx_http_common() {
-    local dir=$1
-    cat <<EOF
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-EOF
-}
-
 free_port; UP1=$PORT
 free_port; UP2=$PORT
-# start_upstream NAME PORT BODY [ACCESS_LOG]: nginx returning 200 BODY; access log only if given
-start_upstream() {
-    local name=$1 port=$2 body=$3 access=${4:-} dir=$TMP/$1 access_line=""
-    [[ -n "$access" ]] && access_line="
-        access_log $access;"
-    mkdir -p "$dir"
-    {
-        nginx_common "$dir"
-        echo "http {"
-        nginx_http_common "$dir"
-        cat <<EOF
-    server {
-        listen 127.0.0.1:$port reuseport backlog=4096;$access_line
-        location / { default_type text/plain; return 200 "$body\n"; }
-    }
-}
-EOF
-    } >"$dir/nginx.conf"
-    taskset -c "$LOAD_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
-    local pid=$!
-    STARTED_PIDS+=("$pid")
-    wait_ready "$name" "$pid" "http://127.0.0.1:$port/" "$dir/logs/error.log"
-    log "$name nginx on 127.0.0.1:$port (pid $pid, core $LOAD_CORE)"
-}
 start_upstream up1 "$UP1" "up1"
 start_upstream up2 "$UP2" "up2"
 # shadow for mirroring: same as the others, but every request it gets is one line in its access log
@@ -372,45 +123,22 @@ if [[ -n "$SLUICE_B_BIN" ]]; then free_port; SLUICE_B_PORT=$PORT; fi
 
 start_nginx_proxy() {
     local dir=$TMP/nginx-proxy servers
-    mkdir -p "$dir"
     if [[ $SCENARIO == weighted ]]; then
         servers="        server 127.0.0.1:$UP1 weight=9;
         server 127.0.0.1:$UP2 weight=1;"
     else
         servers="        server 127.0.0.1:$UP1;"
     fi
-    {
-        nginx_common "$dir"
-        echo "http {"
-        nginx_http_common "$dir"
-        cat <<EOF
-    upstream backend {
-$servers
-        keepalive 64;
-        keepalive_requests 10000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT backlog=4096;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-    } >"$dir/nginx.conf"
-    taskset -c "$PROXY_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
-    NGINX_PID=$!
-    STARTED_PIDS+=("$NGINX_PID")
-    wait_ready "nginx proxy" "$NGINX_PID" "http://127.0.0.1:$NGINX_PORT/" "$dir/logs/error.log"
+    write_nginx_proxy_conf "$dir" "127.0.0.1:$NGINX_PORT" "$servers"
+    start_nginx "nginx proxy" "$dir" "$PROXY_CORE" "http://127.0.0.1:$NGINX_PORT/"
+    NGINX_PID=$STARTED_PID
     log "nginx proxy on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, core $PROXY_CORE)"
 }
 
 # start_sluice NAME BINARY PORT TAG [MIRROR_PERCENT]: config $TMP/TAG.yaml, logs $TMP/TAG.log,
 # sets STARTED_PID; with a percent, version "shadow" (weight 0) gets that share mirrored to it
 start_sluice() {
-    local name=$1 bin=$2 port=$3 tag=$4 mirror=${5:-} cfg=$TMP/$4.yaml versions routing mirror_cfg="" pid
+    local name=$1 bin=$2 port=$3 tag=$4 mirror=${5:-} cfg=$TMP/$4.yaml versions routing mirror_cfg=""
     if [[ $SCENARIO == weighted ]]; then
         versions="      blue: { endpoints: [127.0.0.1:$UP1] }
       canary: { endpoints: [127.0.0.1:$UP2] }"
@@ -435,12 +163,8 @@ services:
 $versions
 $routing$mirror_cfg
 EOF
-    taskset -c "$PROXY_CORE" "$bin" run -c "$cfg" >"$TMP/$tag.stdout.log" 2>"$TMP/$tag.log" &
-    pid=$!
-    STARTED_PIDS+=("$pid")
-    STARTED_PID=$pid
-    wait_ready "$name" "$pid" "http://127.0.0.1:$port/" "$TMP/$tag.log"
-    log "$name on 127.0.0.1:$port (pid $pid, core $PROXY_CORE, $bin)"
+    spawn_sluice "$name" "$bin" "$cfg" "$tag" "http://127.0.0.1:$port/"
+    log "$name on 127.0.0.1:$port (pid $STARTED_PID, core $PROXY_CORE, $bin)"
 }
 
 start_nginx_proxy
@@ -472,26 +196,16 @@ declare -A RPS=() CPU=() P99=() ERR=() RSS=()
 
 # run_wrk LABEL URL DURATION PID(or empty) -> appends to result arrays for LABEL
 run_wrk() {
-    local label=$1 url=$2 dur=$3 pid=$4 out pids before after reqs rps p99 non2xx sockerr note
+    local label=$1 url=$2 dur=$3 pid=$4 out reqs rps p99 non2xx sockerr note
     out=$TMP/wrk.$label.$((${#RUNS_DONE[@]} + 1)).txt
     RUNS_DONE+=("$label")
-    if [[ -n "$pid" ]]; then
-        kill -0 "$pid" 2>/dev/null || die "$label proxy (pid $pid) is gone; see $TMP"
-        pids=$(proc_tree "$pid")
-        # shellcheck disable=SC2086
-        before=$(cpu_ticks $pids)
-    fi
+    [[ -z "$pid" ]] || cpu_begin "$pid" "$label proxy"
     # in the background + wait, so that a signal interrupts the wait and the trap runs at once
     taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"${dur}s" --latency "$url" >"$out" 2>&1 &
-    WRK_PID=$!
-    wait "$WRK_PID" || die "wrk failed against $label: $(tail -n3 "$out")"
-    WRK_PID=""
-    if [[ -n "$pid" ]]; then
-        # shellcheck disable=SC2086
-        after=$(cpu_ticks $pids)
-        kill -0 "$pid" 2>/dev/null || die "$label proxy (pid $pid) died during the run; see $TMP"
-        [[ "$(proc_tree "$pid")" == "$pids" ]] || log "WARNING: $label process tree changed during the run"
-    fi
+    LOADGEN_PID=$!
+    wait "$LOADGEN_PID" || die "wrk failed against $label: $(tail -n3 "$out")"
+    LOADGEN_PID=""
+    [[ -z "$pid" ]] || cpu_end "$pid" "$label proxy" "$label"
     reqs=$(awk '/ requests in / {print $1; exit}' "$out")
     rps=$(awk '/^Requests\/sec:/ {printf "%.0f", $2; exit}' "$out")
     p99=$(to_ms "$(awk '$1 == "99%" {print $2; exit}' "$out")")
@@ -502,8 +216,7 @@ run_wrk() {
     [[ -n "$non2xx" ]] && note+="non-2xx/3xx: $non2xx; "
     [[ -n "$sockerr" ]] && note+="socket errors: $sockerr; "
     if [[ -n "$pid" ]]; then
-        CPU_US=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$reqs" \
-            'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "?" }')
+        CPU_US=$(cpu_us_per "$CPU_DELTA" "$reqs")
     else
         CPU_US="-"
     fi
@@ -574,9 +287,9 @@ RSS[nginx]=$(hwm_kb $(proc_tree "$NGINX_PID"))
 RSS[sluice]=$(hwm_kb "$SLUICE_PID")
 [[ -n "$SLUICE_B_BIN" ]] && RSS[sluice-b]=$(hwm_kb "$SLUICE_B_PID")
 
-SLUICE_WARN=$(grep -ciE '\b(WARN|ERROR)\b' "$TMP/sluice.log" || true)
+SLUICE_WARN=$(count_warn "$TMP/sluice.log")
 SLUICE_B_WARN=0
-[[ -n "$SLUICE_B_BIN" ]] && SLUICE_B_WARN=$(grep -ciE '\b(WARN|ERROR)\b' "$TMP/sluice-b.log" || true)
+[[ -n "$SLUICE_B_BIN" ]] && SLUICE_B_WARN=$(count_warn "$TMP/sluice-b.log")
 
 SHADOW_TOTAL=""
 if ((MIRROR)); then
@@ -599,7 +312,7 @@ row() { # LABEL NAME
     local l=$1 name=$2 cpu rss errs
     # shellcheck disable=SC2086
     if [[ $l == direct ]]; then cpu="-"; else cpu=$(median ${CPU[$l]}); fi
-    if [[ -n "${RSS[$l]:-}" ]]; then rss=$(awk -v k="${RSS[$l]}" 'BEGIN { printf "%.1f", k / 1024 }'); else rss="-"; fi
+    if [[ -n "${RSS[$l]:-}" ]]; then rss=$(kb_to_mb "${RSS[$l]}"); else rss="-"; fi
     errs=${ERR[$l]:-none}
     errs=${errs%; }
     # shellcheck disable=SC2086
@@ -659,17 +372,6 @@ TABLE=$(
     fi
 )
 
-echo
-echo "$TABLE"
-if [[ -n "$OUT" ]]; then
-    printf '%s\n' "$TABLE" >"$OUT"
-    log "table written to $OUT"
-fi
-if ((SLUICE_WARN > 0)); then
-    log "sluice log WARN/ERROR lines (first 10):"
-    grep -iE '\b(WARN|ERROR)\b' "$TMP/sluice.log" | head -n 10 >&2 || true
-fi
-if ((SLUICE_B_WARN > 0)); then
-    log "$SLUICE_B_LABEL log WARN/ERROR lines (first 10):"
-    grep -iE '\b(WARN|ERROR)\b' "$TMP/sluice-b.log" | head -n 10 >&2 || true
-fi
+print_table "$TABLE"
+show_warn sluice "$TMP/sluice.log" "$SLUICE_WARN"
+show_warn "$SLUICE_B_LABEL" "$TMP/sluice-b.log" "$SLUICE_B_WARN"

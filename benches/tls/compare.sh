@@ -26,6 +26,10 @@
 #   CLIENT_BIN   path to the tls_handshake bench binary; when set, it is not built
 set -euo pipefail
 
+BENCH_NAME=tls-compare # log prefix [tls-compare], temp dir /tmp/sluice-tls-compare.XXXXXX
+# shellcheck source-path=SCRIPTDIR source=../lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
 DURATION=${DURATION:-10}
 ROUNDS=${ROUNDS:-3}
 WARMUP=${WARMUP:-2}
@@ -40,14 +44,7 @@ PROXY_CORE=0
 LOAD_CORE=1
 SNI=bench.sluice.test
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}
-
-log() { printf '[tls-compare] %s\n' "$*" >&2; }
-die() { printf '[tls-compare] ERROR: %s\n' "$*" >&2; exit 1; }
-
-[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer"
-[[ "$DURATION" =~ ^[1-9][0-9]*$ ]] || die "DURATION must be a positive integer (seconds)"
+check_rounds_duration
 [[ "$WARMUP" =~ ^[0-9]+$ ]] || die "WARMUP must be a non-negative integer (seconds)"
 [[ "$CONCURRENCY" =~ ^[1-9][0-9]*$ ]] || die "CONCURRENCY must be a positive integer"
 read -r -a VERSIONS <<<"$TLS_VERSIONS"
@@ -56,125 +53,22 @@ read -r -a MODE_LIST <<<"$MODES"
 ((${#MODE_LIST[@]})) || die "MODES is empty"
 for v in "${VERSIONS[@]}"; do [[ $v == 1.3 || $v == 1.2 ]] || die "TLS_VERSIONS: '$v' is not 1.3 or 1.2"; done
 for m in "${MODE_LIST[@]}"; do [[ $m == full || $m == resumed ]] || die "MODES: '$m' is not full or resumed"; done
-[[ -z "$SLUICE_BIN" || -x "$SLUICE_BIN" ]] || die "SLUICE_BIN=$SLUICE_BIN is not an executable file"
-[[ -z "$CLIENT_BIN" || -x "$CLIENT_BIN" ]] || die "CLIENT_BIN=$CLIENT_BIN is not an executable file"
+check_bin SLUICE_BIN
+check_bin CLIENT_BIN
 
-# ---------------------------------------------------------------- cleanup
-TMP=$(mktemp -d /tmp/sluice-tls-compare.XXXXXX)
-STARTED_PIDS=()
-CLIENT_PID=""
-
-# proc_start PID: start time (field 22 of /proc/PID/stat), to tell a process from a reused PID
-proc_start() {
-    local rest
-    { read -r rest <"/proc/$1/stat"; } 2>/dev/null || return 0
-    rest=${rest##*) }
-    read -r -a rest <<<"$rest"
-    echo "${rest[19]}"
-}
-
-cleanup() {
-    local rc=$?
-    trap - EXIT INT TERM
-    local pid last=${!:-} ppid rest i
-    local -A desc=()
-    if [[ -n "${CLIENT_PID:-}" ]]; then
-        kill -TERM "$CLIENT_PID" 2>/dev/null || true
-        wait "$CLIENT_PID" 2>/dev/null || true
-    fi
-    # a signal can land between 'cmd &' and recording its PID: take the last background job too,
-    # but only while it is still a direct child of this script
-    if [[ -n "$last" && " ${STARTED_PIDS[*]} " != *" $last "* ]]; then
-        if { read -r rest <"/proc/$last/stat"; } 2>/dev/null; then
-            rest=${rest##*) }
-            read -r _ ppid _ <<<"$rest"
-            if [[ "$ppid" == "$$" ]]; then STARTED_PIDS+=("$last"); fi
-        fi
-    fi
-    # remember descendants (nginx workers) with their start times, in case a parent has to be KILLed
-    if declare -F proc_tree >/dev/null; then
-        for pid in "${STARTED_PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null || continue
-            for i in $(proc_tree "$pid"); do
-                [[ "$i" == "$pid" ]] || desc[$i]=$(proc_start "$i")
-            done
-        done
-    fi
-    for pid in "${STARTED_PIDS[@]}"; do
-        kill -TERM "$pid" 2>/dev/null || true
-    done
-    for pid in "${STARTED_PIDS[@]}"; do
-        for i in $(seq 1 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
-        done
-        if kill -0 "$pid" 2>/dev/null; then
-            log "pid $pid ignored SIGTERM for 5 s: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-        wait "$pid" 2>/dev/null || true
-    done
-    for pid in "${!desc[@]}"; do
-        if [[ -n "${desc[$pid]}" && "$(proc_start "$pid")" == "${desc[$pid]}" ]]; then
-            log "descendant pid $pid still alive: SIGKILL"
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    done
-    if [[ "$KEEP_TMP" == 1 || $rc -ne 0 ]]; then
-        log "temp dir kept: $TMP"
-    else
-        rm -rf "$TMP"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# ---------------------------------------------------------------- cleanup (benches/lib.sh)
+bench_start
 
 # ---------------------------------------------------------------- tools
-need_install=()
-command -v nginx >/dev/null 2>&1 || need_install+=(nginx)
-command -v openssl >/dev/null 2>&1 || need_install+=(openssl)
-command -v curl >/dev/null 2>&1 || need_install+=(curl)
-command -v taskset >/dev/null 2>&1 || need_install+=(util-linux)
-if ((${#need_install[@]})); then
-    log "installing: ${need_install[*]}"
-    [[ $(id -u) == 0 ]] || die "need root to apt-get install ${need_install[*]}"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
-fi
-NGINX_VERSION=$(nginx -v 2>&1 | sed -n 's/^nginx version: //p')
-[[ -n "$NGINX_VERSION" ]] || die "nginx -v gave no version"
+check_tools nginx openssl curl taskset:util-linux
 NGINX_SSL=$(nginx -V 2>&1 | sed -n 's/^.*running with \([^)]*\)).*$/\1/p' | head -n1)
 [[ -n "$NGINX_SSL" ]] || NGINX_SSL=$(nginx -V 2>&1 | sed -n 's/^built with //p' | head -n1)
 RUSTLS_VERSION=$(awk '/^name = "rustls"$/ { getline; gsub(/"/, "", $3); print $3; exit }' "$REPO/Cargo.lock" 2>/dev/null || true)
 log "nginx: $NGINX_VERSION ($NGINX_SSL), rustls: ${RUSTLS_VERSION:-?}"
-CLK_TCK=$(getconf CLK_TCK)
-NCPU=$(nproc)
-((NCPU >= 2)) || log "WARNING: only $NCPU CPU(s); pinning to cores 0 and 1 will fail"
+check_cpus
 
 # ---------------------------------------------------------------- build
-bin_sha() { sha256sum "$1" 2>/dev/null | cut -c1-12; }
-if [[ -n "$SLUICE_BIN" ]]; then
-    SLUICE=$SLUICE_BIN
-    log "SLUICE_BIN set: using $SLUICE, not building"
-else
-    SLUICE=$TARGET/release/sluice
-    if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
-        log "cargo build --release (target dir: $TARGET)"
-        (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --release --quiet)
-    fi
-fi
-[[ -x "$SLUICE" ]] || die "no sluice binary at $SLUICE"
-if [[ -n "$SLUICE_BIN" ]]; then
-    SLUICE_REV="$SLUICE (sha256 $(bin_sha "$SLUICE"))"
-else
-    SLUICE_REV=$(cd "$REPO" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-    if [[ -n "$(cd "$REPO" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
-        SLUICE_REV="$SLUICE_REV+dirty"
-    fi
-    [[ "${SKIP_BUILD:-0}" == 1 ]] && SLUICE_REV="$SLUICE_REV (SKIP_BUILD: binary sha256 $(bin_sha "$SLUICE"))"
-fi
+build_sluice
 
 # the client: the bench target's executable, as cargo reports it
 if [[ -n "$CLIENT_BIN" ]]; then
@@ -191,94 +85,6 @@ fi
 log "client: $CLIENT"
 
 # ---------------------------------------------------------------- helpers
-USED_PORTS=" "
-port_in_use() {
-    local hex
-    hex=$(printf '%04X' "$1")
-    awk -v h=":$hex" 'NR > 1 && substr($2, length($2) - 4) == h { found = 1 } END { exit !found }' \
-        /proc/net/tcp /proc/net/tcp6 2>/dev/null
-}
-free_port() { # sets PORT (not called in a subshell, so USED_PORTS persists)
-    local p i
-    for i in $(seq 1 200); do
-        p=$((20000 + RANDOM % 30000))
-        [[ "$USED_PORTS" == *" $p "* ]] && continue
-        port_in_use "$p" && continue
-        USED_PORTS+="$p "
-        PORT=$p
-        return 0
-    done
-    die "no free port found"
-}
-
-# wait_ready NAME PID URL [LOG] [CURL OPTIONS...]: poll with curl until a 200 arrives (bounded)
-wait_ready() {
-    local name=$1 pid=$2 url=$3 logf=${4:-} i code
-    shift 4 || shift $#
-    for i in $(seq 1 150); do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            [[ -n "$logf" && -s "$logf" ]] && tail -n 5 "$logf" | sed 's/^/    /' >&2
-            die "$name (pid $pid) exited during start-up; see $TMP"
-        fi
-        code=$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$@" "$url" || true)
-        [[ "$code" == 200 ]] && return 0
-        sleep 0.1
-    done
-    die "$name did not answer 200 at $url after 15 s (last code: ${code:-none}); see $TMP"
-}
-
-# pids of a process and all its descendants (scans /proc; no CONFIG_PROC_CHILDREN needed)
-proc_tree() {
-    local root=$1 f rest ppid pid
-    local -A parent=()
-    for f in /proc/[0-9]*/stat; do
-        { read -r rest <"$f"; } 2>/dev/null || continue
-        pid=${f#/proc/}; pid=${pid%/stat}
-        rest=${rest##*) }
-        read -r _ ppid _ <<<"$rest"
-        parent[$pid]=$ppid
-    done
-    local queue=("$root") out=() cur p
-    while ((${#queue[@]})); do
-        cur=${queue[0]}; queue=("${queue[@]:1}")
-        out+=("$cur")
-        for p in "${!parent[@]}"; do
-            [[ "${parent[$p]}" == "$cur" ]] && queue+=("$p")
-        done
-    done
-    printf '%s\n' "${out[@]}" | sort -n | tr '\n' ' '
-}
-
-# cpu_ticks PID...: sum of utime+stime (fields 14, 15 of /proc/PID/stat) in clock ticks
-cpu_ticks() {
-    local total=0 pid rest
-    local -a f
-    for pid in "$@"; do
-        { read -r rest <"/proc/$pid/stat"; } 2>/dev/null || continue
-        rest=${rest##*) }
-        read -r -a f <<<"$rest"
-        total=$((total + f[11] + f[12]))
-    done
-    echo "$total"
-}
-
-# hwm_kb PID...: sum of VmHWM (peak RSS) in kB
-hwm_kb() {
-    local total=0 pid v
-    for pid in "$@"; do
-        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null || true)
-        total=$((total + ${v:-0}))
-    done
-    echo "$total"
-}
-
-median() { # numbers as args
-    printf '%s\n' "$@" | grep -E '^[0-9.]+$' | sort -g | awk '
-        { a[NR] = $1 } END {
-            if (NR == 0) { print "?"; exit }
-            if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'
-}
-
 # field KEY FILE: value of KEY=... on the client's result line
 field() {
     awk -v k="$1" '/^handshakes=/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) { print kv[2]; exit } } }' "$2"
@@ -310,58 +116,8 @@ log "ECDSA P-256 CA and leaf for $SNI in $CERTS"
 CURL_TLS=(--cacert "$CA")
 
 # ---------------------------------------------------------------- upstream
-NGINX_USER_LINE=""
-[[ $(id -u) == 0 ]] && NGINX_USER_LINE="user root root;"
-
-nginx_common() {
-    local dir=$1
-    mkdir -p "$dir/logs" "$dir/tmp"
-    cat <<EOF
-$NGINX_USER_LINE
-worker_processes 1;
-daemon off;
-pid $dir/nginx.pid;
-error_log $dir/logs/error.log warn;
-events { worker_connections 4096; multi_accept on; }
-EOF
-}
-nginx_http_common() {
-    local dir=$1
-    cat <<EOF
-    access_log off;
-    keepalive_requests 10000000;
-    keepalive_timeout 75s;
-    client_body_temp_path $dir/tmp/body;
-    proxy_temp_path $dir/tmp/proxy;
-    fastcgi_temp_path $dir/tmp/fastcgi;
-    uwsgi_temp_path $dir/tmp/uwsgi;
-    scgi_temp_path $dir/tmp/scgi;
-EOF
-}
-
 free_port; UP=$PORT
-start_upstream() {
-    local dir=$TMP/upstream
-    mkdir -p "$dir"
-    {
-        nginx_common "$dir"
-        echo "http {"
-        nginx_http_common "$dir"
-        cat <<EOF
-    server {
-        listen 127.0.0.1:$UP reuseport backlog=4096;
-        location / { default_type text/plain; return 200 "up\n"; }
-    }
-}
-EOF
-    } >"$dir/nginx.conf"
-    taskset -c "$LOAD_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
-    UP_PID=$!
-    STARTED_PIDS+=("$UP_PID")
-    wait_ready upstream "$UP_PID" "http://127.0.0.1:$UP/" "$dir/logs/error.log"
-    log "upstream nginx on 127.0.0.1:$UP (pid $UP_PID, core $LOAD_CORE)"
-}
-start_upstream
+start_upstream upstream "$UP" up
 
 # ---------------------------------------------------------------- proxies
 free_port; NGINX_PORT=$PORT
@@ -369,39 +125,16 @@ free_port; SLUICE_PORT=$PORT
 
 start_nginx_proxy() {
     local dir=$TMP/nginx-proxy
-    mkdir -p "$dir"
-    {
-        nginx_common "$dir"
-        echo "http {"
-        nginx_http_common "$dir"
-        cat <<EOF
-    upstream backend {
-        server 127.0.0.1:$UP;
-        keepalive 64;
-        keepalive_requests 10000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT ssl backlog=4096;
+    write_nginx_proxy_conf "$dir" "127.0.0.1:$NGINX_PORT ssl" "        server 127.0.0.1:$UP;" "\
         server_name $SNI;
         ssl_certificate $LEAF;
         ssl_certificate_key $LEAF_KEY;
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
-        ssl_session_tickets on;
-        location / {
-            proxy_pass http://backend;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-        }
-    }
-}
-EOF
-    } >"$dir/nginx.conf"
-    taskset -c "$PROXY_CORE" nginx -p "$dir" -c "$dir/nginx.conf" >"$dir/stdout.log" 2>&1 &
-    NGINX_PID=$!
-    STARTED_PIDS+=("$NGINX_PID")
-    wait_ready "nginx proxy" "$NGINX_PID" "https://$SNI:$NGINX_PORT/" "$dir/logs/error.log" \
+        ssl_session_tickets on;"
+    start_nginx "nginx proxy" "$dir" "$PROXY_CORE" "https://$SNI:$NGINX_PORT/" \
         "${CURL_TLS[@]}" --resolve "$SNI:$NGINX_PORT:127.0.0.1"
+    NGINX_PID=$STARTED_PID
     log "nginx TLS proxy on 127.0.0.1:$NGINX_PORT (pid $NGINX_PID, core $PROXY_CORE)"
 }
 
@@ -416,11 +149,9 @@ services:
     versions: { blue: { endpoints: [127.0.0.1:$UP] } }
     routing: { weights: { blue: 1 } }
 EOF
-    taskset -c "$PROXY_CORE" "$SLUICE" run -c "$cfg" >"$TMP/sluice.stdout.log" 2>"$TMP/sluice.log" &
-    SLUICE_PID=$!
-    STARTED_PIDS+=("$SLUICE_PID")
-    wait_ready sluice "$SLUICE_PID" "https://$SNI:$SLUICE_PORT/" "$TMP/sluice.log" \
+    spawn_sluice sluice "$SLUICE" "$cfg" sluice "https://$SNI:$SLUICE_PORT/" \
         "${CURL_TLS[@]}" --resolve "$SNI:$SLUICE_PORT:127.0.0.1"
+    SLUICE_PID=$STARTED_PID
     grep -q 'listening with TLS' "$TMP/sluice.log" || log "WARNING: no 'listening with TLS' line in sluice's log"
     log "sluice TLS listener on 127.0.0.1:$SLUICE_PORT (pid $SLUICE_PID, core $PROXY_CORE, $SLUICE)"
 }
@@ -435,7 +166,7 @@ RUN_NO=0
 
 # run_client PROXY VERSION MODE DURATION: one client run; sets LAST_* (CPU figures from the proxy tree)
 run_client() {
-    local proxy=$1 version=$2 mode=$3 dur=$4 port pid out err pids before after hs secs
+    local proxy=$1 version=$2 mode=$3 dur=$4 port pid out err hs secs
     case $proxy in
         nginx) port=$NGINX_PORT pid=$NGINX_PID ;;
         sluice) port=$SLUICE_PORT pid=$SLUICE_PID ;;
@@ -443,21 +174,15 @@ run_client() {
     RUN_NO=$((RUN_NO + 1))
     out=$TMP/client.$RUN_NO.$proxy.$version.$mode.txt
     err=${out%.txt}.err
-    kill -0 "$pid" 2>/dev/null || die "$proxy (pid $pid) is gone; see $TMP"
-    pids=$(proc_tree "$pid")
-    # shellcheck disable=SC2086
-    before=$(cpu_ticks $pids)
+    cpu_begin "$pid" "$proxy"
     # in the background + wait, so that a signal interrupts the wait and the trap runs at once
     TLS_BENCH_ADDR=127.0.0.1:$port TLS_BENCH_CA=$CA TLS_BENCH_SNI=$SNI TLS_BENCH_MODE=$mode \
         TLS_BENCH_TLS=$version TLS_BENCH_CONCURRENCY=$CONCURRENCY TLS_BENCH_SECONDS=$dur \
         taskset -c "$LOAD_CORE" "$CLIENT" --bench >"$out" 2>"$err" &
-    CLIENT_PID=$!
-    wait "$CLIENT_PID" || die "client failed against $proxy (TLS $version, $mode): $(tail -n 3 "$err")"
-    CLIENT_PID=""
-    # shellcheck disable=SC2086
-    after=$(cpu_ticks $pids)
-    kill -0 "$pid" 2>/dev/null || die "$proxy (pid $pid) died during the run; see $TMP"
-    [[ "$(proc_tree "$pid")" == "$pids" ]] || log "WARNING: $proxy process tree changed during the run"
+    LOADGEN_PID=$!
+    wait "$LOADGEN_PID" || die "client failed against $proxy (TLS $version, $mode): $(tail -n 3 "$err")"
+    LOADGEN_PID=""
+    cpu_end "$pid" "$proxy" "$proxy"
     hs=$(field handshakes "$out")
     secs=$(field seconds "$out")
     [[ -n "$hs" && -n "$secs" ]] || die "cannot parse client output for $proxy: $out"
@@ -467,9 +192,8 @@ run_client() {
     LAST_P50=$(field p50_ms "$out")
     LAST_P99=$(field p99_ms "$out")
     LAST_RESUMED=$(awk -v k="$(field resumed "$out")" -v n="$hs" 'BEGIN { if (n > 0) printf "%.1f", k / n * 100; else print "?" }')
-    LAST_CPU=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v n="$hs" \
-        'BEGIN { if (n > 0) printf "%.1f", d / hz * 1e6 / n; else print "?" }')
-    LAST_BUSY=$(awk -v d=$((after - before)) -v hz="$CLK_TCK" -v s="$secs" \
+    LAST_CPU=$(cpu_us_per "$CPU_DELTA" "$hs")
+    LAST_BUSY=$(awk -v d="$CPU_DELTA" -v hz="$CLK_TCK" -v s="$secs" \
         'BEGIN { if (s > 0) printf "%.0f", d / hz / s * 100; else print "?" }')
     LAST_CLIENT_CPU=$(awk -v c="$(field client_cpu_s "$out")" -v s="$secs" \
         'BEGIN { if (c ~ /^[0-9.]+$/ && s > 0) printf "%.0f", c / s * 100; else print "?" }')
@@ -519,7 +243,7 @@ LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
 # shellcheck disable=SC2046
 NGINX_RSS=$(hwm_kb $(proc_tree "$NGINX_PID"))
 SLUICE_RSS=$(hwm_kb "$SLUICE_PID")
-SLUICE_WARN=$(grep -ciE '\b(WARN|ERROR)\b' "$TMP/sluice.log" || true)
+SLUICE_WARN=$(count_warn "$TMP/sluice.log")
 NGINX_ERR=$(grep -ciE '\[(error|crit|alert|emerg)\]' "$TMP/nginx-proxy/logs/error.log" || true)
 
 # ---------------------------------------------------------------- report
@@ -561,16 +285,8 @@ TABLE=$(
     echo
     echo "Server CPU µs/handshake: utime+stime of the proxy's processes over the run ÷ completed connections (each one handshake and one proxied request). Proxy core busy: that CPU time ÷ wall time; well under 100% means the client (sharing core $LOAD_CORE with the upstream) was the bottleneck, so compare CPU µs/handshake rather than handshakes/s."
     echo "Load average (1/5/15 min) before the warm-up: $LOADAVG_START, after the rounds: $LOADAVG_END (about 2 expected: the proxy and the client each keep a core busy; more means something else ran)."
-    echo "Peak RSS: NGINX $(awk -v k="$NGINX_RSS" 'BEGIN { printf "%.1f", k / 1024 }') MB (master + worker), sluice $(awk -v k="$SLUICE_RSS" 'BEGIN { printf "%.1f", k / 1024 }') MB. Log lines: sluice WARN/ERROR $SLUICE_WARN, NGINX error/crit $NGINX_ERR."
+    echo "Peak RSS: NGINX $(kb_to_mb "$NGINX_RSS") MB (master + worker), sluice $(kb_to_mb "$SLUICE_RSS") MB. Log lines: sluice WARN/ERROR $SLUICE_WARN, NGINX error/crit $NGINX_ERR."
 )
 
-echo
-echo "$TABLE"
-if [[ -n "$OUT" ]]; then
-    printf '%s\n' "$TABLE" >"$OUT"
-    log "table written to $OUT"
-fi
-if ((SLUICE_WARN > 0)); then
-    log "sluice log WARN/ERROR lines (first 10):"
-    grep -iE '\b(WARN|ERROR)\b' "$TMP/sluice.log" | head -n 10 >&2 || true
-fi
+print_table "$TABLE"
+show_warn sluice "$TMP/sluice.log" "$SLUICE_WARN"
