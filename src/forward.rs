@@ -48,6 +48,9 @@ impl ClientInfo {
 
 /// True when the request asks to switch protocols (`Connection: upgrade` and `Upgrade`).
 pub fn is_upgrade(headers: &HeaderMap) -> bool {
+    if !headers.contains_key(header::UPGRADE) {
+        return false;
+    }
     // `Upgrade: h2c` is a hop-by-hop offer to speak HTTP/2 with *this* hop; passing it on would
     // let a 101 turn the connection into a raw tunnel past routing (h2c smuggling).
     let h2c = headers
@@ -56,7 +59,7 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("h2c"));
-    !h2c && headers.contains_key(header::UPGRADE) && connection_has(headers, "upgrade")
+    !h2c && connection_has(headers, "upgrade")
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -69,13 +72,29 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
+///
+/// Runs twice per request (request and response), so it first finds which hop-by-hop headers
+/// are present in one pass over the names (cheap comparisons), and hashes only to remove those.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
-    if let Some(value) = headers.get(header::CONNECTION) {
-        // Rare (most clients send no Connection header), so collecting here is fine.
+    let (mut connection, mut te, mut others) = (false, false, false);
+    for name in headers.keys() {
+        if *name == header::CONNECTION {
+            connection = true;
+        } else if *name == header::TE {
+            te = true;
+        } else if *name == header::TRANSFER_ENCODING
+            || *name == header::UPGRADE
+            || *name == KEEP_ALIVE
+            || *name == PROXY_CONNECTION
+        {
+            others = true;
+        }
+    }
+    if connection && !connection_is_keep_alive_or_close(headers) {
+        // Rare: `Connection` naming other headers. Collecting here is fine.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .chain(std::iter::once(value))
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
@@ -86,18 +105,36 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             }
             headers.remove(&name);
         }
+    }
+    if connection {
         headers.remove(header::CONNECTION);
     }
-    headers.remove(&PROXY_CONNECTION);
-    headers.remove(&KEEP_ALIVE);
-    headers.remove(header::TRANSFER_ENCODING);
-    if !is_te_trailers(headers) {
+    if others {
+        headers.remove(&PROXY_CONNECTION);
+        headers.remove(&KEEP_ALIVE);
+        headers.remove(header::TRANSFER_ENCODING);
+        if !upgrade {
+            headers.remove(header::UPGRADE);
+        }
+    }
+    if te && !is_te_trailers(headers) {
         headers.remove(header::TE);
     }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
+    }
+}
+
+/// The common case: one `Connection` value, `keep-alive` or `close`, naming no other header
+/// (`Keep-Alive` itself is removed anyway).
+fn connection_is_keep_alive_or_close(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(header::CONNECTION).iter();
+    match (values.next(), values.next()) {
+        (Some(v), None) => {
+            let v = v.as_bytes();
+            v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+        }
+        _ => false,
     }
 }
 
@@ -159,6 +196,26 @@ mod tests {
         remove_hop_by_hop(&mut headers, false);
         let names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
         assert_eq!(names, vec!["x-kept"]);
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut headers = map(&[("x-a", "1"), (name, "x"), ("x-b", "2")]);
+            remove_hop_by_hop(&mut headers, false);
+            let names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+            assert_eq!(names, vec!["x-a", "x-b"], "{name}");
+        }
+        let mut clean = map(&[("host", "a"), ("content-length", "3"), ("te", "trailers")]);
+        remove_hop_by_hop(&mut clean, false);
+        assert_eq!(clean.len(), 3, "nothing to remove: {clean:?}");
     }
 
     #[test]
