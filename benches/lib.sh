@@ -134,7 +134,16 @@ check_tools() {
         log "installing: ${need_install[*]}"
         [[ $(id -u) == 0 ]] || die "need root to apt-get install ${need_install[*]}"
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null
+        # packages such as nginx and haproxy start their system service on install: not wanted here
+        # (it would hold port 80 and run unpinned); a policy-rc.d that says no prevents that
+        local policy=/usr/sbin/policy-rc.d made_policy=0
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=1
+        fi
+        local rc=0
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_install[@]}" >/dev/null || rc=$?
+        if ((made_policy)); then rm -f "$policy"; fi
+        ((rc == 0)) || die "apt-get install ${need_install[*]} failed (exit $rc)"
     fi
     NGINX_VERSION=$(nginx -v 2>&1 | sed -n 's/^nginx version: //p')
     [[ -n "$NGINX_VERSION" ]] || die "nginx -v gave no version"
@@ -306,17 +315,19 @@ $2
 EOF
 }
 
-# write_nginx_proxy_conf DIR LISTEN SERVERS [SERVER_DIRECTIVES]: DIR/nginx.conf for NGINX as the proxy
-# under test: "listen LISTEN backlog=4096;", every request to upstream SERVERS (lines of "server ...;",
-# indented by 8) over HTTP/1.1 with up to 64 idle keep-alive connections; SERVER_DIRECTIVES (lines,
-# indented by 8) go into the server block before the location
+# write_nginx_proxy_conf DIR LISTEN SERVERS [SERVER_DIRECTIVES] [HTTP_BLOCKS]: DIR/nginx.conf for NGINX
+# as the proxy under test: "listen LISTEN backlog=4096;" (LISTEN may end in parameters, e.g. "http2"),
+# every request to upstream SERVERS (lines of "server ...;", indented by 8) over HTTP/1.1 with up to
+# $NGINX_KEEPALIVE (default 64) idle keep-alive connections; SERVER_DIRECTIVES (lines, indented by 8) go into the server block before
+# the location; HTTP_BLOCKS (e.g. more upstream blocks, indented by 4) into the http block before it
 write_nginx_proxy_conf() {
-    local extra=${4:-}
+    local extra=${4:-} blocks=${5:-}
     [[ -z "$extra" ]] || extra=$'\n'$extra
+    [[ -z "$blocks" ]] || blocks+=$'\n'
     write_nginx_conf "$1" "$(cat <<EOF
-    upstream backend {
+$blocks    upstream backend {
 $3
-        keepalive 64;
+        keepalive ${NGINX_KEEPALIVE:-64};
         keepalive_requests 10000000;
     }
     server {
@@ -342,15 +353,18 @@ start_nginx() {
     wait_ready "$name" "$STARTED_PID" "$url" "$dir/logs/error.log" "$@"
 }
 
-# start_upstream NAME PORT BODY [ACCESS_LOG]: nginx in $TMP/NAME on 127.0.0.1:PORT, pinned to LOAD_CORE,
-# answering every request with 200 BODY; access log only if given; sets STARTED_PID
+# start_upstream NAME PORT BODY [ACCESS_LOG] [H2C_PORT]: nginx in $TMP/NAME on 127.0.0.1:PORT, pinned to
+# LOAD_CORE, answering every request with 200 BODY; access log only if given (may be empty); with H2C_PORT
+# it also serves HTTP/2 with prior knowledge (h2c, "listen ... http2") there; sets STARTED_PID
 start_upstream() {
-    local name=$1 port=$2 body=$3 access=${4:-} dir=$TMP/$1 access_line=""
+    local name=$1 port=$2 body=$3 access=${4:-} h2c=${5:-} dir=$TMP/$1 access_line="" h2c_line=""
     [[ -n "$access" ]] && access_line="
         access_log $access;"
+    [[ -n "$h2c" ]] && h2c_line="
+        listen 127.0.0.1:$h2c http2 reuseport backlog=4096;"
     write_nginx_conf "$dir" "$(cat <<EOF
     server {
-        listen 127.0.0.1:$port reuseport backlog=4096;$access_line
+        listen 127.0.0.1:$port reuseport backlog=4096;$h2c_line$access_line
         location / { default_type text/plain; return 200 "$body\n"; }
     }
 EOF

@@ -24,7 +24,7 @@ use super::{Endpoint, InflightGuard};
 use crate::config::{Limits, Protocol};
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed rather than queued.
-const MAX_IDLE_PER_ENDPOINT: usize = 512;
+const MAX_IDLE_PER_ENDPOINT: usize = 1024;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 
