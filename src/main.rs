@@ -10,10 +10,6 @@ use sluice::admin::Admin;
 use sluice::config;
 use sluice::control::Control;
 
-/// mimalloc: fewer cycles per allocation than glibc's malloc on the request path.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// The configuration file used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "config/sluice.yaml";
 
