@@ -37,12 +37,24 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 pub struct Admin {
     control: Arc<Control>,
     token: Option<String>,
+    /// The TLS listeners, for `GET /api/v1/tls`.
+    tls: Vec<Arc<crate::tls::Terminator>>,
 }
 
 impl Admin {
     /// An admin API over `control`; with `token`, `/api` calls must present it.
     pub fn new(control: Arc<Control>, token: Option<String>) -> Self {
-        Self { control, token }
+        Self {
+            control,
+            token,
+            tls: Vec::new(),
+        }
+    }
+
+    /// Also reports the certificates of these TLS listeners.
+    pub fn with_tls(mut self, tls: Vec<Arc<crate::tls::Terminator>>) -> Self {
+        self.tls = tls;
+        self
     }
 
     /// Reads a token file: its content without surrounding whitespace, never empty.
@@ -149,6 +161,12 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no such path {path}")));
     };
     authorize(admin, &request)?;
+    if api.trim_end_matches('/') == "tls" {
+        return match method {
+            Method::GET => Ok(tls_view(&admin.tls)),
+            _ => Err(method_not_allowed("GET")),
+        };
+    }
     let actor = format!("admin {}", peer.ip());
     let query = request.uri().query().map(str::to_owned);
     let body = match method {
@@ -161,6 +179,30 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
     tokio::task::spawn_blocking(move || api_call(&control, &method, &api, &body, query.as_deref(), actor))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("admin call failed: {e}")))?
+}
+
+/// `GET /api/v1/tls`: each TLS listener's certificate pairs, the names they serve, and why the
+/// files on disk were not taken at the last reload, if they were not.
+fn tls_view(tls: &[Arc<crate::tls::Terminator>]) -> Value {
+    let listeners: Vec<Value> = tls
+        .iter()
+        .map(|terminator| {
+            let certificates: Vec<Value> = terminator
+                .status()
+                .into_iter()
+                .map(|pair| {
+                    json!({
+                        "cert": pair.cert.display().to_string(),
+                        "key": pair.key.display().to_string(),
+                        "names": pair.names,
+                        "error": pair.error,
+                    })
+                })
+                .collect();
+            json!({ "listener": terminator.listener(), "certificates": certificates })
+        })
+        .collect();
+    json!({ "listeners": listeners })
 }
 
 /// One `/api/v1/` call, synchronously.

@@ -167,7 +167,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot bind the admin listener on {address}"))?;
             tracing::info!(addr = %admin.local_addr()?, "admin listening");
             let mut stopped = stopped.clone();
-            let api = Arc::new(Admin::new(Arc::clone(&control), token));
+            let api = Arc::new(Admin::new(Arc::clone(&control), token).with_tls(terminators.clone()));
             tokio::spawn(sluice::admin::serve(admin, api, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }));

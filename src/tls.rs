@@ -288,6 +288,11 @@ impl Terminator {
         }))
     }
 
+    /// The listener's name.
+    pub fn listener(&self) -> &str {
+        &self.listener
+    }
+
     /// The handshake acceptor.
     pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
         &self.acceptor

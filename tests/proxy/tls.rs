@@ -78,13 +78,14 @@ fn write_leaf(dir: &Path, stem: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
-/// A proxy whose one listener terminates TLS.
+/// A proxy whose one listener terminates TLS, with its control plane and admin API.
 struct TlsProxy {
     addr: SocketAddr,
+    admin: SocketAddr,
     terminator: Arc<sluice::tls::Terminator>,
     _watcher: notify::RecommendedWatcher,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl TlsProxy {
@@ -104,29 +105,51 @@ impl TlsProxy {
         let watcher = terminator.watch().expect("watch certificates");
         let tcp = TcpListener::bind(config.listeners[0].address).await.expect("bind");
         let addr = tcp.local_addr().expect("addr");
-        let routing = Arc::new(sluice::Routing::new(&config));
-        let (stop, stopped) = oneshot::channel::<()>();
+        let admin_tcp = TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let admin = admin_tcp.local_addr().expect("addr");
+        let control = Arc::new(sluice::control::Control::start(config, None, None).expect("control"));
+        let api = sluice::admin::Admin::new(Arc::clone(&control), None).with_tls(vec![Arc::clone(&terminator)]);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
         let listener = sluice::listener::Listener {
             tcp,
             tls: Some(Arc::clone(&terminator)),
         };
-        let task = tokio::spawn(sluice::run(vec![listener], routing, async move {
-            let _ = stopped.await;
-        }));
+        let tasks = vec![
+            tokio::spawn(sluice::admin::serve(admin_tcp, Arc::new(api), wait(stopped.clone()))),
+            tokio::spawn(sluice::run(
+                vec![listener],
+                Arc::clone(control.routing()),
+                wait(stopped),
+            )),
+        ];
         TlsProxy {
             addr,
+            admin,
             terminator,
             _watcher: watcher,
-            stop: Some(stop),
-            task,
+            stop,
+            tasks,
         }
     }
 
-    async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+    /// `GET /api/v1/tls`.
+    async fn tls_status(&self) -> serde_json::Value {
+        let request = Request::get(format!("http://{}/api/v1/tls", self.admin))
+            .body(empty())
+            .expect("request");
+        let (status, _, body) = send(&http1_client(), request).await;
+        assert_eq!(status, StatusCode::OK);
+        serde_json::from_slice(&body).expect("JSON")
+    }
+
+    async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            within("proxy shutdown", task).await.expect("task");
         }
-        within("proxy shutdown", &mut self.task).await.expect("proxy task");
     }
 }
 
@@ -560,6 +583,17 @@ async fn a_renewed_pair_is_served_live_and_a_bad_pair_keeps_the_old_one() {
     .await;
     assert!(leaf_of(&connect(proxy.addr, &config, "site.test").await) == second.der);
     assert_eq!(old.get("site.test", "/").await.0, StatusCode::OK);
+    // The admin API says so too.
+    let status = proxy.tls_status().await;
+    let pair = &status["listeners"][0]["certificates"][0];
+    assert_eq!(status["listeners"][0]["listener"], "tls");
+    assert_eq!(pair["names"], serde_json::json!(["site.test"]));
+    assert!(
+        pair["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("does not match the certificate")),
+        "{status}"
+    );
     // Its key arrives: the third pair is served and the error clears.
     replace_file(&key, &third.key_pem);
     let start = tokio::time::Instant::now();
@@ -568,6 +602,7 @@ async fn a_renewed_pair_is_served_live_and_a_bad_pair_keeps_the_old_one() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(proxy.terminator.status()[0].error.is_none());
+    assert!(proxy.tls_status().await["listeners"][0]["certificates"][0]["error"].is_null());
     // Garbage in place of the certificate is refused too, and says why.
     replace_file(&cert, "not a certificate");
     wait_until("the unreadable certificate is reported", || {
