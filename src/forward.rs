@@ -213,6 +213,12 @@ mod tests {
             let names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
             assert_eq!(names, vec!["x-a", "x-b"], "{name}");
         }
+        for value in ["keep-alive", "Close"] {
+            let mut headers = map(&[("connection", value), ("keep-alive", "timeout=5"), ("x-a", "1")]);
+            remove_hop_by_hop(&mut headers, false);
+            let names: Vec<_> = headers.keys().map(HeaderName::as_str).collect();
+            assert_eq!(names, vec!["x-a"], "Connection: {value}");
+        }
         let mut clean = map(&[("host", "a"), ("content-length", "3"), ("te", "trailers")]);
         remove_hop_by_hop(&mut clean, false);
         assert_eq!(clean.len(), 3, "nothing to remove: {clean:?}");

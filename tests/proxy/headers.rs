@@ -91,6 +91,51 @@ async fn hop_by_hop_removed_and_forwarded_headers_set() {
     proxy.shutdown().await;
 }
 
+/// The common case takes a short path (one `Connection` value, `keep-alive` or `close`): the
+/// headers it names and the other hop-by-hop ones still go, both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_keep_alive_alone_is_removed_with_its_companions() {
+    let received: Arc<Mutex<Option<HeaderMap>>> = Arc::default();
+    let store = Arc::clone(&received);
+    let up = Upstream::start(move |request| {
+        *store.lock().expect("lock") = Some(request.headers().clone());
+        async move {
+            Response::builder()
+                .header("connection", "keep-alive")
+                .header("keep-alive", "timeout=99")
+                .header("proxy-connection", "keep-alive")
+                .header("upgrade", "websocket")
+                .body(full("ok"))
+                .expect("response")
+        }
+    })
+    .await;
+    let proxy = proxy(&service("h", "{}", &[("v", &[up.addr], 1)])).await;
+    for connection in ["keep-alive", "Close"] {
+        let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+        let request = format!(
+            "GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: {connection}\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.expect("write");
+        let head = read_head(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        let lines = header_lines(&head);
+        for gone in ["keep-alive", "proxy-connection", "upgrade"] {
+            assert!(
+                !lines.iter().any(|l| l.starts_with(gone)),
+                "{gone} must not reach the client: {lines:?}"
+            );
+        }
+        let headers = received.lock().expect("lock").take().expect("upstream got the request");
+        assert!(
+            headers.get("connection").is_none() && headers.get("keep-alive").is_none(),
+            "{headers:?}"
+        );
+        assert_eq!(headers["te"], "trailers", "TE: trailers is end to end");
+    }
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_upgrade_echoes_both_ways() {
     let up = Upstream::start(|mut request| async move {

@@ -253,6 +253,42 @@ fn one_service(upstream: SocketAddr) -> String {
     service("app", "{}", &[("blue", &[upstream], 1)])
 }
 
+/// A TLS proxy with one pair for `site.test` (files in the test's own directory), in front of
+/// an [`echo_upstream`].
+struct Site {
+    dir: PathBuf,
+    ca: TestCa,
+    leaf: Leaf,
+    cert: PathBuf,
+    key: PathBuf,
+    upstream: Upstream,
+    proxy: TlsProxy,
+}
+
+/// Starts a [`Site`] for the test `name`, with `extra` top-level YAML.
+async fn site(name: &str, extra: &str) -> Site {
+    let dir = temp_dir(name);
+    let ca = TestCa::new("sluice test CA");
+    let leaf = ca.leaf(&["site.test"]);
+    let (cert, key) = write_leaf(&dir, "site", &leaf);
+    let upstream = echo_upstream().await;
+    let proxy = TlsProxy::start_with(
+        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
+        &one_service(upstream.addr),
+        extra,
+    )
+    .await;
+    Site {
+        dir,
+        ca,
+        leaf,
+        cert,
+        key,
+        upstream,
+        proxy,
+    }
+}
+
 #[tokio::test]
 async fn sni_picks_each_names_certificate_and_the_first_is_the_default() {
     let dir = temp_dir("tls-sni");
@@ -353,15 +389,12 @@ async fn presented_certificate(addr: SocketAddr, sni: &str) -> CertificateDer<'s
 
 #[tokio::test]
 async fn alpn_h2_http11_and_both_tls_versions_work() {
-    let dir = temp_dir("tls-alpn");
-    let ca = TestCa::new("sluice test CA");
-    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
-    let upstream = echo_upstream().await;
-    let proxy = TlsProxy::start(
-        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
-        &one_service(upstream.addr),
-    )
-    .await;
+    let Site {
+        ca,
+        upstream: _upstream,
+        proxy,
+        ..
+    } = site("tls-alpn", "").await;
     // ALPN offered, TLS versions allowed; then ALPN agreed, HTTP version and TLS version seen.
     type Case = (
         &'static [&'static [u8]],
@@ -423,15 +456,12 @@ async fn alpn_h2_http11_and_both_tls_versions_work() {
 
 #[tokio::test]
 async fn sessions_resume_with_tls13_and_tls12() {
-    let dir = temp_dir("tls-resume");
-    let ca = TestCa::new("sluice test CA");
-    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
-    let upstream = echo_upstream().await;
-    let proxy = TlsProxy::start(
-        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
-        &one_service(upstream.addr),
-    )
-    .await;
+    let Site {
+        ca,
+        upstream: _upstream,
+        proxy,
+        ..
+    } = site("tls-resume", "").await;
     for versions in [&[&rustls::version::TLS13][..], &[&rustls::version::TLS12][..]] {
         // One client config holds the client's session store, as a browser would.
         let config = client_config(&ca.der(), &[b"http/1.1"], versions);
@@ -455,15 +485,9 @@ async fn sessions_resume_with_tls13_and_tls12() {
 
 #[tokio::test]
 async fn plain_http_to_the_tls_port_is_told_so_and_the_proxy_keeps_serving() {
-    let dir = temp_dir("tls-plain");
-    let ca = TestCa::new("sluice test CA");
-    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
-    let upstream = echo_upstream().await;
-    let proxy = TlsProxy::start(
-        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
-        &one_service(upstream.addr),
-    )
-    .await;
+    let Site {
+        ca, upstream, proxy, ..
+    } = site("tls-plain", "").await;
     for _ in 0..3 {
         let mut tcp = TcpStream::connect(proxy.addr).await.expect("connect");
         tcp.write_all(b"GET / HTTP/1.1\r\nhost: site.test\r\n\r\n")
@@ -496,16 +520,12 @@ async fn plain_http_to_the_tls_port_is_told_so_and_the_proxy_keeps_serving() {
 
 #[tokio::test]
 async fn silent_clients_are_closed_before_and_after_the_handshake() {
-    let dir = temp_dir("tls-silent");
-    let ca = TestCa::new("sluice test CA");
-    let (cert, key) = write_leaf(&dir, "site", &ca.leaf(&["site.test"]));
-    let upstream = echo_upstream().await;
-    let proxy = TlsProxy::start_with(
-        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
-        &one_service(upstream.addr),
-        "defaults: { timeouts: { request_headers: 300ms } }",
-    )
-    .await;
+    let Site {
+        ca,
+        upstream: _upstream,
+        proxy,
+        ..
+    } = site("tls-silent", "defaults: { timeouts: { request_headers: 300ms } }").await;
     // Connects and sends nothing: no handshake ever starts.
     let mut silent = TcpStream::connect(proxy.addr).await.expect("connect");
     let mut rest = Vec::new();
@@ -540,16 +560,15 @@ async fn silent_clients_are_closed_before_and_after_the_handshake() {
 
 #[tokio::test]
 async fn a_renewed_pair_is_served_live_and_a_bad_pair_keeps_the_old_one() {
-    let dir = temp_dir("tls-renew");
-    let ca = TestCa::new("sluice test CA");
-    let first = ca.leaf(&["site.test"]);
-    let (cert, key) = write_leaf(&dir, "site", &first);
-    let upstream = echo_upstream().await;
-    let proxy = TlsProxy::start(
-        &format!("[{{ cert: {}, key: {} }}]", cert.display(), key.display()),
-        &one_service(upstream.addr),
-    )
-    .await;
+    let Site {
+        dir,
+        ca,
+        leaf: first,
+        cert,
+        key,
+        upstream: _upstream,
+        proxy,
+    } = site("tls-renew", "").await;
     let config = client_config(&ca.der(), &[b"http/1.1"], BOTH);
     let old = connect(proxy.addr, &config, "site.test").await;
     assert!(leaf_of(&old) == first.der);
