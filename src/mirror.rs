@@ -7,7 +7,7 @@
 //! past that, and for bodies over `max_body`, copies are dropped and counted.
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
@@ -88,49 +88,172 @@ fn shadow_host(host: &[u8]) -> Vec<u8> {
     [&host[..split], b"-shadow", &host[split..]].concat()
 }
 
-/// Sends the copies in the background once `copy` (the teed body) is complete.
+/// A request's copy, ready to send once its body is known.
+struct Copy {
+    /// For HTTP/1.1 shadows: the head as it goes on the wire, up to its framing headers.
+    wire_head: Bytes,
+    /// For HTTP/2 shadows: the head as a request.
+    head: Option<Request<()>>,
+    /// The shadow `Host`.
+    host: Option<HeaderValue>,
+    /// Whether the request said it had a body (so an empty one still gets `content-length: 0`).
+    framed: bool,
+    method: http::Method,
+    path: String,
+}
+
+/// Sends the copies: at once for a request without a body, else in the background once `copy`
+/// (the teed body) is complete.
 pub fn spawn(
     plans: Vec<Plan>,
     parts: &Parts,
-    copy: oneshot::Receiver<Option<Bytes>>,
+    copy: Option<oneshot::Receiver<Option<Bytes>>>,
     primary: Option<watch::Receiver<Option<PrimaryOutcome>>>,
     limits: Limits,
 ) {
-    let mut head = Request::new(());
-    *head.method_mut() = parts.method.clone();
-    *head.uri_mut() = parts.uri.clone();
-    *head.headers_mut() = parts.headers.clone();
     let host = match parts.uri.authority() {
         Some(authority) => Some(authority.as_str().as_bytes()),
         None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
     };
     let host = host.and_then(|h| HeaderValue::from_bytes(&shadow_host(h)).ok());
-    if let Some(host) = &host {
-        head.headers_mut().insert(header::HOST, host.clone());
-    }
-    head.headers_mut()
-        .insert(&X_SLUICE_SHADOW, HeaderValue::from_static("true"));
+    let h2 = plans.iter().any(|p| {
+        p.mirror
+            .endpoints
+            .iter()
+            .any(|e| e.protocol() == crate::config::Protocol::Http2)
+    });
+    let head = h2.then(|| {
+        let mut head = Request::new(());
+        *head.method_mut() = parts.method.clone();
+        *head.uri_mut() = parts.uri.clone();
+        *head.headers_mut() = parts.headers.clone();
+        if let Some(host) = &host {
+            head.headers_mut().insert(header::HOST, host.clone());
+        }
+        head.headers_mut()
+            .insert(&X_SLUICE_SHADOW, HeaderValue::from_static("true"));
+        head
+    });
+    let copy_of = Copy {
+        wire_head: wire_head(parts, host.as_ref()),
+        head,
+        host,
+        framed: parts.headers.contains_key(header::CONTENT_LENGTH)
+            || parts.headers.contains_key(header::TRANSFER_ENCODING),
+        method: parts.method.clone(),
+        path: parts.uri.path_and_query().map_or("/".to_owned(), |p| p.to_string()),
+    };
+    let Some(copy) = copy else {
+        return send(plans, &copy_of, &Bytes::new(), primary.as_ref(), limits);
+    };
     tokio::spawn(async move {
         // A client that sends its body slowly must not hold the mirrors' slots for long.
-        let body = match tokio::time::timeout(limits.response_headers, copy).await {
-            Ok(Ok(Some(body))) => body,
-            Ok(Ok(None)) => {
-                return plans
-                    .iter()
-                    .for_each(|p| p.mirror.metrics.shadow_dropped(DropReason::MaxBody))
-            }
-            Ok(Err(_)) | Err(_) => {
-                return plans
-                    .iter()
-                    .for_each(|p| p.mirror.metrics.shadow_dropped(DropReason::Incomplete));
-            }
-        };
-        let sends = plans.into_iter().map(|plan| {
-            let (head, body, primary, host) = (clone_head(&head), body.clone(), primary.clone(), host.clone());
-            send_copy(plan, head, body, host, primary, limits)
-        });
-        futures_util::future::join_all(sends).await;
+        match tokio::time::timeout(limits.response_headers, copy).await {
+            Ok(Ok(Some(body))) => send(plans, &copy_of, &body, primary.as_ref(), limits),
+            Ok(Ok(None)) => plans
+                .iter()
+                .for_each(|p| p.mirror.metrics.shadow_dropped(DropReason::MaxBody)),
+            Ok(Err(_)) | Err(_) => plans
+                .iter()
+                .for_each(|p| p.mirror.metrics.shadow_dropped(DropReason::Incomplete)),
+        }
     });
+}
+
+/// The request line and headers of a copy for an HTTP/1.1 shadow, in origin form, with the
+/// shadow `Host` and the shadow mark, and without framing headers (the copy's own length is
+/// added when the body is known).
+fn wire_head(parts: &Parts, host: Option<&HeaderValue>) -> Bytes {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = bytes::BytesMut::with_capacity(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    for (name, value) in &parts.headers {
+        if name == header::HOST || name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"x-sluice-shadow: true\r\n");
+    out.freeze()
+}
+
+/// Sends `body`'s copies, one per plan: pipelined to HTTP/1.1 shadows, in a task each to
+/// HTTP/2 ones.
+fn send(
+    plans: Vec<Plan>,
+    copy: &Copy,
+    body: &Bytes,
+    primary: Option<&watch::Receiver<Option<PrimaryOutcome>>>,
+    limits: Limits,
+) {
+    for plan in plans {
+        if body.len() as u64 > plan.mirror.max_body {
+            plan.mirror.metrics.shadow_dropped(DropReason::MaxBody);
+            continue;
+        }
+        let mirror = Arc::clone(&plan.mirror);
+        let Some(endpoint) = upstream::pick(&mirror.endpoints, None) else {
+            // No healthy endpoint: counted like the proxy's own 502 would be.
+            finish(
+                plan,
+                None,
+                Duration::ZERO,
+                None,
+                copy.method.clone(),
+                copy.path.clone(),
+                limits,
+            );
+            continue;
+        };
+        let guard = endpoint.begin();
+        let (method, path, primary) = (copy.method.clone(), copy.path.clone(), primary.cloned());
+        match &copy.head {
+            Some(head) if endpoint.protocol() == crate::config::Protocol::Http2 => {
+                let mut request =
+                    Request::from_parts(clone_head(head).into_parts().0, RequestBody::buffered(body.clone()));
+                crate::proxy::target_request(&mut request, endpoint, copy.host.as_ref());
+                tokio::spawn(async move {
+                    let start = Instant::now();
+                    let answer = send_h2(guard, request, plan.mirror.compare == Compare::Body, limits).await;
+                    finish(plan, answer, start.elapsed(), primary, method, path, limits);
+                });
+            }
+            _ => {
+                let mut request = bytes::BytesMut::with_capacity(copy.wire_head.len() + 32 + body.len());
+                request.extend_from_slice(&copy.wire_head);
+                if !body.is_empty() || copy.framed {
+                    request.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+                }
+                request.extend_from_slice(b"\r\n");
+                request.extend_from_slice(body);
+                let hash = plan.mirror.compare == Compare::Body;
+                let job = upstream::Job::new(
+                    request.freeze(),
+                    copy.method == http::Method::HEAD,
+                    hash,
+                    limits,
+                    Box::new(move |answer: Option<upstream::Answer>| {
+                        drop(guard);
+                        let latency = answer.map_or(Duration::ZERO, |a| a.latency);
+                        let answer = answer.map(|a| (a.status, a.bytes, a.hash));
+                        finish(plan, answer, latency, primary, method, path, limits);
+                    }),
+                );
+                endpoint.send_pipelined(job);
+            }
+        }
+    }
 }
 
 fn clone_head(head: &Request<()>) -> Request<()> {
@@ -141,79 +264,69 @@ fn clone_head(head: &Request<()>) -> Request<()> {
     copy
 }
 
-/// Sends one copy, reads and measures the answer, and compares it with the primary's.
-async fn send_copy(
+/// Sends one copy to an HTTP/2 shadow and reads its answer: status, length and body hash.
+async fn send_h2(
+    guard: upstream::InflightGuard,
+    request: Request<RequestBody>,
+    hash: bool,
+    limits: Limits,
+) -> Option<(StatusCode, u64, Option<u64>)> {
+    let sent = tokio::time::timeout(limits.response_headers, Endpoint::send(guard, request, &limits)).await;
+    let Ok(Ok((response, lease))) = sent else { return None };
+    let status = response.status();
+    // A shadow that stalls mid-body must not hold its slot forever.
+    let read = read_answer(response.into_body(), hash);
+    let hashed = tokio::time::timeout(limits.response_headers, read).await.ok().flatten();
+    drop(lease);
+    hashed.map(|(bytes, hash)| (status, bytes, hash))
+}
+
+/// Records a copy's answer (none: a connect failure, timeout or stall, counted like the proxy's
+/// own 502 would be), frees its slot, and compares it with the primary's.
+fn finish(
     plan: Plan,
-    head: Request<()>,
-    body: Bytes,
-    host: Option<HeaderValue>,
+    answer: Option<(StatusCode, u64, Option<u64>)>,
+    latency: Duration,
     primary: Option<watch::Receiver<Option<PrimaryOutcome>>>,
+    method: http::Method,
+    path: String,
     limits: Limits,
 ) {
     let Plan { mirror, slot } = plan;
-    if body.len() as u64 > mirror.max_body {
-        mirror.metrics.shadow_dropped(DropReason::MaxBody);
-        return;
-    }
-    let start = Instant::now();
-    let (method, path) = (
-        head.method().to_string(),
-        head.uri().path_and_query().map_or("/".to_owned(), |p| p.to_string()),
-    );
-    let (parts, ()) = head.into_parts();
-    let mut request = Request::from_parts(parts, RequestBody::buffered(body));
-    let answer = match upstream::pick(&mirror.endpoints, None) {
-        Some(endpoint) => {
-            crate::proxy::target_request(&mut request, endpoint, host.as_ref());
-            let sent = tokio::time::timeout(
-                limits.response_headers,
-                Endpoint::send(endpoint.begin(), request, &limits),
-            )
-            .await;
-            match sent {
-                Ok(Ok((response, lease))) => {
-                    let status = response.status();
-                    // A shadow that stalls mid-body must not hold its slot forever.
-                    let read = read_answer(response.into_body(), mirror.compare == Compare::Body);
-                    let hashed = tokio::time::timeout(limits.response_headers, read).await.ok().flatten();
-                    drop(lease);
-                    hashed.map(|(bytes, hash)| (status, bytes, hash))
-                }
-                _ => None,
-            }
-        }
-        None => None,
-    };
-    // No answer (connect failure, timeout, stall) counts like the proxy's own 502 would.
     let (status, bytes) = answer.map_or((StatusCode::BAD_GATEWAY, 0), |(status, bytes, _)| (status, bytes));
     mirror
         .metrics
-        .record(Some(status), start.elapsed(), status.is_server_error(), bytes);
+        .record(Some(status), latency, status.is_server_error(), bytes);
     // The copy is done: free its slot before waiting for the primary to finish.
     drop(slot);
     // Compare only two real, complete answers (the primary reports only those).
-    let Some((_, _, hash)) = answer else { return };
-
-    let Some(mut primary) = primary.filter(|_| mirror.compare != Compare::None) else {
+    let (Some((_, _, hash)), Some(mut primary)) = (answer, primary.filter(|_| mirror.compare != Compare::None)) else {
         return;
     };
-    let Ok(Ok(outcome)) = tokio::time::timeout(limits.response_headers, primary.wait_for(Option::is_some))
-        .await
-        .map(|r| r.map(|o| *o))
-    else {
-        return;
+    let compare = move |outcome: PrimaryOutcome| {
+        let body_differs = mirror.compare == Compare::Body && outcome.body_hash != hash;
+        if outcome.status != status || body_differs {
+            mirror.metrics.mismatch(MismatchSample {
+                time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                method: method.to_string(),
+                path,
+                primary_status: outcome.status.as_u16(),
+                shadow_status: status.as_u16(),
+                body_differs,
+            });
+        }
     };
-    let Some(outcome) = outcome else { return };
-    let body_differs = mirror.compare == Compare::Body && outcome.body_hash != hash;
-    if outcome.status != status || body_differs {
-        mirror.metrics.mismatch(MismatchSample {
-            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-            method,
-            path,
-            primary_status: outcome.status.as_u16(),
-            shadow_status: status.as_u16(),
-            body_differs,
-        });
+    let ready = *primary.borrow_and_update();
+    match ready {
+        Some(outcome) => compare(outcome),
+        None => {
+            tokio::spawn(async move {
+                let waited = tokio::time::timeout(limits.response_headers, primary.wait_for(Option::is_some)).await;
+                if let Ok(Ok(Some(outcome))) = waited.map(|r| r.map(|o| *o)) {
+                    compare(outcome);
+                }
+            });
+        }
     }
 }
 

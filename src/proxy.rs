@@ -114,7 +114,14 @@ impl Proxy {
         let tee = if service.mirrors.is_empty() || upgrade {
             None
         } else {
-            mirror_request(service, &version.name, &parts, &table, outcome)
+            mirror_request(
+                service,
+                &version.name,
+                &parts,
+                http_body::Body::is_end_stream(&body),
+                &table,
+                outcome,
+            )
         };
         let outgoing = Request::from_parts(parts, RequestBody::teed(body, limit, tee));
 
@@ -341,6 +348,7 @@ fn mirror_request(
     service: &Service,
     primary: &str,
     parts: &http::request::Parts,
+    body_less: bool,
     table: &RoutingTable,
     outcome: &mut Outcome,
 ) -> Option<Tee> {
@@ -348,12 +356,17 @@ fn mirror_request(
     if plans.is_empty() {
         return None;
     }
-    let (tee, copy) = Tee::new(mirror::max_body(&plans));
+    let (tee, copy) = if body_less {
+        (None, None)
+    } else {
+        let (tee, copy) = Tee::new(mirror::max_body(&plans));
+        (Some(tee), Some(copy))
+    };
     let primary = mirror::compares(&plans).map(|compare| {
         let (report, primary) = tokio::sync::watch::channel(None);
         outcome.report = Some((report, compare == crate::config::Compare::Body));
         primary
     });
     mirror::spawn(plans, parts, copy, primary, table.limits);
-    Some(tee)
+    tee
 }

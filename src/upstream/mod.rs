@@ -5,6 +5,7 @@
 //! protocol, so a table swap keeps every pooled connection warm.
 
 mod io;
+mod pipeline;
 mod pool;
 
 use std::collections::HashMap;
@@ -14,6 +15,7 @@ use std::sync::{Arc, Mutex, Weak};
 use crate::config::{EndpointAddr, Protocol, UpstreamTls};
 
 pub use io::{connect, UpstreamIo};
+pub use pipeline::{Answer, Job};
 use pool::Pool;
 pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure, Tee};
 
@@ -40,6 +42,8 @@ pub struct Endpoint {
     /// Ejections so far: each lasts twice as long as the one before.
     ejections: std::sync::atomic::AtomicU32,
     pool: Pool,
+    /// Pipelined HTTP/1.1 for shadow copies, started on the first.
+    pipeline: std::sync::OnceLock<pipeline::Pipeline>,
 }
 
 impl Endpoint {
@@ -62,6 +66,7 @@ impl Endpoint {
             consecutive_failures: std::sync::atomic::AtomicU32::new(0),
             ejections: std::sync::atomic::AtomicU32::new(0),
             pool: Pool::new(protocol),
+            pipeline: std::sync::OnceLock::new(),
         }
     }
 
@@ -121,6 +126,14 @@ impl Endpoint {
     /// Requests in flight to this endpoint.
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Sends a complete HTTP/1.1 request that nobody waits for (a shadow copy), pipelined with
+    /// others. Must be called on the runtime.
+    pub fn send_pipelined(self: &Arc<Self>, job: Job) {
+        self.pipeline
+            .get_or_init(|| pipeline::Pipeline::start(Arc::downgrade(self)))
+            .send(job);
     }
 
     /// Counts a request as in flight until the returned guard drops.

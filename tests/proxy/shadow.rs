@@ -41,6 +41,19 @@ async fn mirror_view(proxy: &Controlled, version: &str) -> Value {
         .clone()
 }
 
+/// `sluice_requests_total` of green's shadow role with `code`, from `/metrics`.
+async fn shadow_answers(proxy: &Controlled, code: &str) -> f64 {
+    let request = Request::get(format!("http://{}/metrics", proxy.admin))
+        .body(empty())
+        .expect("request");
+    let (_, _, text) = send(&http1_client(), request).await;
+    let sample = format!("sluice_requests_total{{service=\"app\",version=\"green\",role=\"shadow\",code=\"{code}\"}} ");
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix(&sample))
+        .map_or(0.0, |v| v.parse().expect("numeric sample"))
+}
+
 /// Waits until the mirror of `version` has no copy in flight; returns its view.
 async fn settled(proxy: &Controlled, version: &str) -> Value {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -474,5 +487,157 @@ async fn failures_are_not_compared() {
         (Some(3), Some(0)),
         "{view}"
     );
+    proxy.shutdown().await;
+}
+
+/// Copies of many concurrent requests go out pipelined: each reaches the shadow once, intact,
+/// and each answer (chunked, empty, or to a HEAD) is read and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_copies_each_arrive_once_and_every_answer_is_read() {
+    let blue = Upstream::named("blue").await;
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = Arc::clone(&seen);
+    let green = Upstream::start(move |request| {
+        store
+            .lock()
+            .expect("lock")
+            .push(format!("{} {}", request.method(), request.uri()));
+        let path = request.uri().path().to_owned();
+        async move {
+            if path.ends_with("/empty") {
+                let mut response = Response::new(full(""));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                return response;
+            }
+            // Two frames and no length: hyper sends it chunked.
+            let frames = futures_util::stream::iter([
+                Ok::<_, BoxError>(Frame::data(bytes::Bytes::from_static(b"gr"))),
+                Ok(Frame::data(bytes::Bytes::from_static(b"een"))),
+            ]);
+            Response::new(http_body_util::StreamBody::new(frames).boxed())
+        }
+    })
+    .await;
+    let mirrors = "      - { version: green, percent: 100, max_in_flight: 1000 }";
+    let proxy = start(
+        "shadow-pipelined",
+        &config(blue.addr, &[("green", green.addr)], mirrors, ""),
+    )
+    .await;
+    let client = http1_client();
+    let mut tasks = Vec::new();
+    for task in 0..50 {
+        let (client, base) = (client.clone(), proxy.url(""));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let (method, path) = match i % 3 {
+                    0 => ("GET", format!("/p/{task}/{i}")),
+                    1 => ("HEAD", format!("/p/{task}/{i}")),
+                    _ => ("GET", format!("/p/{task}/{i}/empty")),
+                };
+                let request = Request::builder()
+                    .method(method)
+                    .uri(format!("{base}{path}"))
+                    .body(Body::default())
+                    .expect("request");
+                let response = client.request(request).await.expect("response");
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let view = settled(&proxy, "green").await;
+    assert_eq!(view["sent"], 500, "{view}");
+    let shadow_2xx = shadow_answers(&proxy, "2xx").await;
+    assert_eq!(shadow_2xx, 500.0, "every answer read as a 2xx");
+    let mut seen = seen.lock().expect("lock").clone();
+    seen.sort();
+    let mut want: Vec<String> = (0..50)
+        .flat_map(|task| {
+            (0..10).map(move |i| match i % 3 {
+                0 => format!("GET /p/{task}/{i}"),
+                1 => format!("HEAD /p/{task}/{i}"),
+                _ => format!("GET /p/{task}/{i}/empty"),
+            })
+        })
+        .collect();
+    want.sort();
+    assert_eq!(seen, want, "each copy arrives exactly once");
+    assert!(
+        green.connections() < 500,
+        "connections are reused: {}",
+        green.connections()
+    );
+    proxy.shutdown().await;
+}
+
+/// A shadow that answers `Connection: close` and closes has not read the copies pipelined
+/// behind that answer: they are sent again on connections of their own, and none is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_closes_after_each_answer_still_gets_every_copy() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let blue = Upstream::named("blue").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let shadow = listener.local_addr().expect("addr");
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = Arc::clone(&seen);
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.expect("accept");
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // Only the first request is read; whatever follows it is left unread.
+                let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_owned();
+                store.lock().expect("lock").push(line);
+                let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+                let _ = stream.write_all(answer).await;
+                let _ = stream.shutdown().await;
+                // Lingering close: wait for the client to go, so the answer is not reset away.
+                while let Ok(n) = stream.read(&mut chunk).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let mirrors = "      - { version: green, percent: 100, max_in_flight: 1000 }";
+    let proxy = start("shadow-closes", &config(blue.addr, &[("green", shadow)], mirrors, "")).await;
+    let client = http1_client();
+    let mut tasks = Vec::new();
+    for task in 0..40 {
+        let (client, url) = (client.clone(), proxy.url(&format!("/c/{task}")));
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                let (status, _) = get(&client, &format!("{url}/{i}"), None).await;
+                assert_eq!(status, StatusCode::OK);
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let view = settled(&proxy, "green").await;
+    assert_eq!(view["sent"], 200, "{view}");
+    let shadow_2xx = shadow_answers(&proxy, "2xx").await;
+    assert_eq!(shadow_2xx, 200.0, "no copy failed");
+    let mut seen = seen.lock().expect("lock").clone();
+    seen.sort();
+    let mut want: Vec<String> = (0..40)
+        .flat_map(|task| (0..5).map(move |i| format!("GET /c/{task}/{i} HTTP/1.1")))
+        .collect();
+    want.sort();
+    assert_eq!(seen, want, "each copy arrives exactly once");
+    server.abort();
     proxy.shutdown().await;
 }
