@@ -265,7 +265,7 @@ async fn connection(
                 pending.extend(batch.into_iter().map(|job| Pending { job, sent: now }));
             }
             written.notify_one();
-            // TLS holds records back until flushed.
+            // A writer may buffer until flushed (AsyncWrite contract).
             if writer.write_all(&out).await.is_err() || writer.flush().await.is_err() {
                 return;
             }

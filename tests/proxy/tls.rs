@@ -760,6 +760,62 @@ async fn upstream_tls_with_a_custom_ca_over_http1_and_h2() {
     proxy.shutdown().await;
 }
 
+/// Shadow copies to an `https://` shadow go out pipelined over TLS, and every answer is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_copies_reach_an_https_shadow() {
+    let dir = temp_dir("tls-shadow");
+    let ca = TestCa::new("internal CA");
+    ca.write(&dir.join("ca.pem"));
+    let blue = Upstream::named("blue").await;
+    let shadow = TlsUpstream::start(&ca.leaf(&["shadow.internal"])).await;
+    let path = dir.join("sluice.yaml");
+    write_config(
+        &path,
+        &format!(
+            "listeners: [{{ name: test, address: 127.0.0.1:0 }}]\nservices:\n  - name: app\n    versions:\n      blue: {{ endpoints: [{}] }}\n      green:\n        endpoints: [\"https://{}\"]\n        tls: {{ ca: {}, server_name: shadow.internal }}\n    routing: {{ weights: {{ blue: 1 }} }}\n    mirror: [{{ version: green, percent: 100, max_in_flight: 1000 }}]\n",
+            blue.addr,
+            shadow.addr,
+            dir.join("ca.pem").display()
+        ),
+    );
+    let proxy = controlled(&path, Options::default()).await;
+    let client = http1_client();
+    let tasks: Vec<_> = (0..20)
+        .map(|i| {
+            let (client, url) = (client.clone(), proxy.url("/copied"));
+            tokio::spawn(async move {
+                let (status, body) = get(&client, &url, None).await;
+                assert_eq!((status, body.as_ref()), (StatusCode::OK, &b"blue"[..]), "request {i}");
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    wait_until("20 copies over TLS", || shadow.seen("/copied").len() == 20).await;
+    let sni = Some("shadow.internal".to_owned());
+    assert_eq!(shadow.seen("/copied"), vec![(Version::HTTP_11, sni); 20]);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (_, view) = proxy.api("GET", "/api/v1/services/app", None).await;
+        let mirror = &view["service"]["mirror"][0];
+        if mirror["in_flight"] == 0 && mirror["sent"] == 20 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "copies not all answered: {mirror}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let (_, metrics) = proxy.api_text("/metrics").await;
+    assert!(
+        metrics.contains("sluice_requests_total{service=\"app\",version=\"green\",role=\"shadow\",code=\"2xx\"} 20"),
+        "every answer over TLS read as a 2xx"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_refused_upstream_certificate_gives_502() {
     let dir = temp_dir("tls-refused");
