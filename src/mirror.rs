@@ -98,8 +98,10 @@ struct Copy {
     host: Option<HeaderValue>,
     /// Whether the request said it had a body (so an empty one still gets `content-length: 0`).
     framed: bool,
-    method: http::Method,
-    path: String,
+    /// A `HEAD` request: its answer has no body.
+    head_request: bool,
+    /// Method and target, for mismatch samples: only when a mirror compares.
+    sample: Option<(http::Method, Arc<str>)>,
 }
 
 /// Sends the copies: at once for a request without a body, else in the background once `copy`
@@ -140,8 +142,11 @@ pub fn spawn(
         host,
         framed: parts.headers.contains_key(header::CONTENT_LENGTH)
             || parts.headers.contains_key(header::TRANSFER_ENCODING),
-        method: parts.method.clone(),
-        path: parts.uri.path_and_query().map_or("/".to_owned(), |p| p.to_string()),
+        head_request: parts.method == http::Method::HEAD,
+        sample: primary.is_some().then(|| {
+            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            (parts.method.clone(), Arc::from(path))
+        }),
     };
     let Some(copy) = copy else {
         return send(plans, &copy_of, &Bytes::new(), primary.as_ref(), limits);
@@ -205,19 +210,11 @@ fn send(
         let mirror = Arc::clone(&plan.mirror);
         let Some(endpoint) = upstream::pick(&mirror.endpoints, None) else {
             // No healthy endpoint: counted like the proxy's own 502 would be.
-            finish(
-                plan,
-                None,
-                Duration::ZERO,
-                None,
-                copy.method.clone(),
-                copy.path.clone(),
-                limits,
-            );
+            finish(plan, None, Duration::ZERO, None, copy.sample.clone(), limits);
             continue;
         };
         let guard = endpoint.begin();
-        let (method, path, primary) = (copy.method.clone(), copy.path.clone(), primary.cloned());
+        let (sample, primary) = (copy.sample.clone(), primary.cloned());
         match &copy.head {
             Some(head) if endpoint.protocol() == crate::config::Protocol::Http2 => {
                 let mut request =
@@ -226,7 +223,7 @@ fn send(
                 tokio::spawn(async move {
                     let start = Instant::now();
                     let answer = send_h2(guard, request, plan.mirror.compare == Compare::Body, limits).await;
-                    finish(plan, answer, start.elapsed(), primary, method, path, limits);
+                    finish(plan, answer, start.elapsed(), primary, sample, limits);
                 });
             }
             _ => {
@@ -240,14 +237,14 @@ fn send(
                 let hash = plan.mirror.compare == Compare::Body;
                 let job = upstream::Job::new(
                     request.freeze(),
-                    copy.method == http::Method::HEAD,
+                    copy.head_request,
                     hash,
                     limits,
                     Box::new(move |answer: Option<upstream::Answer>| {
                         drop(guard);
                         let latency = answer.map_or(Duration::ZERO, |a| a.latency);
                         let answer = answer.map(|a| (a.status, a.bytes, a.hash));
-                        finish(plan, answer, latency, primary, method, path, limits);
+                        finish(plan, answer, latency, primary, sample, limits);
                     }),
                 );
                 endpoint.send_pipelined(job);
@@ -288,8 +285,7 @@ fn finish(
     answer: Option<(StatusCode, u64, Option<u64>)>,
     latency: Duration,
     primary: Option<watch::Receiver<Option<PrimaryOutcome>>>,
-    method: http::Method,
-    path: String,
+    sample: Option<(http::Method, Arc<str>)>,
     limits: Limits,
 ) {
     let Plan { mirror, slot } = plan;
@@ -300,7 +296,9 @@ fn finish(
     // The copy is done: free its slot before waiting for the primary to finish.
     drop(slot);
     // Compare only two real, complete answers (the primary reports only those).
-    let (Some((_, _, hash)), Some(mut primary)) = (answer, primary.filter(|_| mirror.compare != Compare::None)) else {
+    let (Some((_, _, hash)), Some(mut primary), Some((method, path))) =
+        (answer, primary.filter(|_| mirror.compare != Compare::None), sample)
+    else {
         return;
     };
     let compare = move |outcome: PrimaryOutcome| {
@@ -309,7 +307,7 @@ fn finish(
             mirror.metrics.mismatch(MismatchSample {
                 time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
                 method: method.to_string(),
-                path,
+                path: path.to_string(),
                 primary_status: outcome.status.as_u16(),
                 shadow_status: status.as_u16(),
                 body_differs,
