@@ -32,6 +32,7 @@ pub mod body;
 pub mod config;
 pub mod control;
 pub mod ctl;
+pub mod demo;
 pub mod error;
 pub mod forward;
 pub mod health;

@@ -1,4 +1,5 @@
-//! The `sluice` command: `run` serves a configuration, `validate` checks one.
+//! The `sluice` command: `run` serves a configuration, `validate` checks one, `ctl` talks to a
+//! running one, `demo` shows the whole product.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -36,6 +37,9 @@ enum Command {
     },
     /// Talk to a running sluice through its admin API.
     Ctl(sluice::ctl::CtlArgs),
+    /// A self-contained showcase: upstreams, proxy, dashboard, load and a canary rollout that
+    /// turns faulty and is rolled back by itself.
+    Demo(sluice::demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +47,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Ctl(args) => sluice::ctl::run(args),
+        Command::Demo(args) => sluice::demo::run(args),
         Command::Run { config } => match serve(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {

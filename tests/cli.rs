@@ -527,3 +527,121 @@ fn a_rollout_survives_kill_9_and_resumes_where_it_was() {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     assert!(child.wait().expect("wait").success());
 }
+
+/// `sluice demo` tells its whole story: the rollout's steps, the canary turning faulty, the
+/// breach and the automatic rollback; afterwards the proxy serves blue only, and Ctrl-C ends it
+/// with status 0.
+#[test]
+fn the_demo_rolls_back_its_faulty_canary() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--json"])
+        .args(["--duration", "60s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sluice demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let (lines, events) = std::sync::mpsc::channel::<serde_json::Value>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let line = line.expect("read the demo's output");
+            let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if lines.send(event).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let started = Instant::now();
+    while !seen.iter().any(|e: &serde_json::Value| e["event"] == "rolled_back") {
+        let left = DEADLINE.checked_sub(started.elapsed()).unwrap_or_default();
+        match events.recv_timeout(left) {
+            Ok(event) => seen.push(event),
+            Err(_) => panic!("no rollback within {DEADLINE:?}; the demo said: {seen:#?}"),
+        }
+    }
+    let names: Vec<&str> = seen
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .filter(|e| *e != "traffic")
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "started",
+            "step",
+            "step",
+            "step",
+            "canary_faulty",
+            "breach",
+            "rolled_back"
+        ],
+        "{seen:#?}"
+    );
+    let steps: Vec<(u64, u64)> = seen
+        .iter()
+        .filter(|e| e["event"] == "step")
+        .map(|e| {
+            (
+                e["step"].as_u64().unwrap_or(0),
+                e["canary_weight"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(steps, [(1, 10), (2, 25), (3, 50)]);
+    let breach = seen.iter().find(|e| e["event"] == "breach").expect("breach");
+    assert!(breach["breach"]["rule"].is_string(), "{breach}");
+    // The load reached both versions before the fault (canary traffic was measured).
+    assert!(
+        seen.iter().filter(|e| e["event"] == "traffic").any(|e| {
+            e["versions"].as_array().is_some_and(|v| {
+                v.iter()
+                    .any(|v| v["version"] == "canary" && v["rps"].as_f64().unwrap_or(0.0) > 0.0)
+            })
+        }),
+        "{seen:#?}"
+    );
+
+    // After the rollback the proxy and admin API keep serving, blue only.
+    let start = &seen[0];
+    let proxy = start["proxy"]
+        .as_str()
+        .expect("proxy")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let admin = start["admin"]
+        .as_str()
+        .expect("admin")
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let service: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/api/v1/services/shop")).expect("service JSON");
+    assert_eq!(service["service"]["rollout"]["state"], "rolled_back", "{service}");
+    for _ in 0..20 {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(proxy).expect("connect to the demo's proxy");
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n")
+            .expect("write");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("x-sluice-version: blue"), "{answer}");
+        assert!(answer.ends_with("hello from blue\n"), "{answer}");
+    }
+
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let status = child.wait().expect("wait");
+    assert!(status.success(), "the demo exits 0 after a rollback: {status}");
+    reader.join().expect("reader");
+    let last: Vec<serde_json::Value> = events.try_iter().collect();
+    let stopped = last
+        .iter()
+        .find(|e| e["event"] == "stopped")
+        .expect("a final stopped event");
+    assert_eq!(stopped["rolled_back"], true);
+}
