@@ -26,6 +26,11 @@
 //! - [`reload`]: the config file watcher and SIGHUP.
 //! - [`admin`]: the admin listener and its JSON API.
 //! - [`ctl`]: `sluice ctl`, the admin API's command-line client.
+//! - [`demo`]: `sluice demo`, the whole product in one process.
+
+// Data from the network or a config file must never panic the proxy: errors are handled, not
+// unwrapped. Tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
 pub mod body;

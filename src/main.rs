@@ -1,6 +1,8 @@
 //! The `sluice` command: `run` serves a configuration, `validate` checks one, `ctl` talks to a
 //! running one, `demo` shows the whole product.
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
