@@ -54,7 +54,9 @@ impl Proxy {
     pub async fn handle(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<ResponseBody> {
         let method = request.method().clone();
         let http1 = request.version() < http::Version::HTTP_2;
-        let max_in_flight = self.routing.load().limits.max_in_flight;
+        // The whole request runs on the table it started with, even if a new one is published.
+        let table = self.routing.load_full();
+        let max_in_flight = table.limits.max_in_flight;
         let Some(permit) = self.routing.metrics().admission().try_request(max_in_flight) else {
             tracing::debug!(%method, max_in_flight, "max_in_flight reached: request shed");
             return error_response(&ProxyError::Overloaded(max_in_flight), http1);
@@ -64,7 +66,7 @@ impl Proxy {
             chosen: None,
             report: None,
         };
-        match self.handle_inner(request, client, &mut outcome).await {
+        match self.handle_inner(table, request, client, &mut outcome).await {
             Ok(mut response) => {
                 // In flight until the body has been sent, not only until the head.
                 response.body_mut().hold(permit);
@@ -90,13 +92,12 @@ impl Proxy {
 
     async fn handle_inner(
         &self,
+        table: Arc<RoutingTable>,
         mut request: Request<Incoming>,
         client: &ClientInfo,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         check_head(&request)?;
-        // The whole request runs on the table it started with, even if a new one is published.
-        let table = self.routing.load_full();
         let host = request_host(&request);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = router::route(&table, host_str, request.uri().path()).ok_or(ProxyError::NoService)?;
