@@ -10,6 +10,7 @@ use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::admission::RequestPermit;
 use crate::metrics::{ErrorKind, InflightGuard};
 use crate::mirror::{BodyHash, PrimaryOutcome, PrimaryReport};
 use crate::upstream::Lease;
@@ -86,6 +87,8 @@ pub enum ResponseBody {
         lease: Lease,
         /// Records the request's metrics when this body ends or is dropped.
         completion: Option<Completion>,
+        /// The request's `max_in_flight` slot, freed when this body is done.
+        permit: Option<RequestPermit>,
     },
     /// A complete body (the proxy's own answers); `None` once sent.
     Full(Option<Bytes>),
@@ -100,6 +103,14 @@ impl ResponseBody {
     /// An empty body.
     pub fn empty() -> Self {
         ResponseBody::Full(None)
+    }
+
+    /// Keeps the request's in-flight slot until an upstream body is done; a complete body is
+    /// already in memory, so its slot is freed at once.
+    pub fn hold(&mut self, slot: RequestPermit) {
+        if let ResponseBody::Upstream { permit, .. } = self {
+            *permit = Some(slot);
+        }
     }
 }
 

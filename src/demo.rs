@@ -155,7 +155,6 @@ services:
         window: 5s
         min_requests: 20
         max_error_rate: 0.02
-        max_p99_ratio: 3
       on_breach: rollback
 "
     )

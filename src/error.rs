@@ -14,6 +14,8 @@ pub enum Source {
     Upstream,
     /// The routing table: nothing is configured to serve the request.
     Routing,
+    /// The proxy itself: it is at a configured limit (`defaults.limits`).
+    Proxy,
 }
 
 /// Everything that ends a request with a synthetic response.
@@ -58,6 +60,9 @@ pub enum ProxyError {
     /// A WebSocket or other upgrade to a version that speaks HTTP/2 upstream.
     #[error("protocol upgrades need an http1 upstream")]
     UpgradeUnsupported,
+    /// `max_in_flight` requests are in flight already: shed without contacting an upstream.
+    #[error("{0} requests in flight: shed")]
+    Overloaded(usize),
 }
 
 impl ProxyError {
@@ -70,6 +75,7 @@ impl ProxyError {
             | ProxyError::Reset { .. }
             | ProxyError::Timeout { .. }
             | ProxyError::UpgradeUnsupported => Source::Upstream,
+            ProxyError::Overloaded(_) => Source::Proxy,
         }
     }
 
@@ -79,7 +85,7 @@ impl ProxyError {
             ProxyError::NoService => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::NoVersion(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoVersion(_) | ProxyError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Reset { .. } | ProxyError::UpgradeUnsupported => {
                 StatusCode::BAD_GATEWAY
             }
@@ -108,6 +114,7 @@ impl ProxyError {
             ProxyError::Connect { .. } | ProxyError::Reset { .. } => "upstream unavailable\n",
             ProxyError::UpgradeUnsupported => "upgrade not supported by this upstream\n",
             ProxyError::Timeout { .. } => "upstream timed out\n",
+            ProxyError::Overloaded(_) => "overloaded: retry shortly\n",
         }
     }
 
@@ -118,9 +125,26 @@ impl ProxyError {
             FailureKind::Reset(cause) if crate::upstream::is_body_too_large(&cause) => {
                 ProxyError::BodyTooLarge(max_body)
             }
+            FailureKind::Reset(cause) if client_body_failed(&cause) => {
+                ProxyError::BadRequest("malformed or incomplete request body")
+            }
             FailureKind::Reset(cause) => ProxyError::Reset { endpoint, cause },
         }
     }
+}
+
+/// True when an upstream send failed because the client's own body broke (a bad chunk size,
+/// the client leaving mid-upload), not the upstream: hyper's client reports an error of the
+/// body it sends as a user error, whose source is the error hyper's server side gave that body.
+pub fn client_body_failed(cause: &hyper::Error) -> bool {
+    let mut current = std::error::Error::source(cause);
+    while let Some(e) = current {
+        if e.is::<hyper::Error>() {
+            return cause.is_user();
+        }
+        current = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -130,7 +154,8 @@ mod tests {
     #[test]
     fn status_table() {
         let ep = || std::sync::Arc::from("127.0.0.1:1");
-        let cases: [(ProxyError, u16, Source); 6] = [
+        let cases: [(ProxyError, u16, Source); 7] = [
+            (ProxyError::Overloaded(1), 503, Source::Proxy),
             (ProxyError::NoService, 404, Source::Routing),
             (ProxyError::NoVersion(ep()), 503, Source::Routing),
             (ProxyError::BadRequest("x"), 400, Source::Downstream),

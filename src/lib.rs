@@ -4,6 +4,7 @@
 //! The request path, in the order a request meets it:
 //! - [`listener`]: accepts connections; HTTP/1.1 and h2c on one port, or TLS with ALPN;
 //!   graceful shutdown.
+//! - [`admission`]: `max_connections` and `max_in_flight`; what is over them is shed.
 //! - [`proxy`]: the handler, `route → split → pick endpoint → forward → respond`.
 //! - [`router`]: which service, by host and path prefix.
 //! - [`split`]: which version: [`rules`], then [`sticky`] cookie or key bucket, then weight.
@@ -33,6 +34,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod admin;
+pub mod admission;
 pub mod body;
 pub mod config;
 pub mod control;
@@ -74,5 +76,5 @@ pub async fn run<L: Into<listener::Listener>>(
     upstream::Upstreams::spawn_sweeper(&routing);
     let proxy = Arc::new(proxy::Proxy::new(routing));
     let listeners = listeners.into_iter().map(Into::into).collect();
-    listener::serve(listeners, proxy, limits.request_headers, limits.drain, shutdown).await;
+    listener::serve(listeners, proxy, &limits, shutdown).await;
 }

@@ -1,6 +1,7 @@
 //! Request path, step 0: accepting connections. A plain listener serves HTTP/1.1 and h2c (prior
 //! knowledge) on one port; a TLS listener serves HTTP/2 or HTTP/1.1 as ALPN agreed. Both with
-//! upgrades, a request-head timeout (which also bounds the TLS handshake), and graceful shutdown.
+//! upgrades, a request-head timeout (which also bounds the TLS handshake), a request-head size
+//! limit, and graceful shutdown. Past `max_connections`, a new connection is closed at once.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +15,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::config::{Limits, MAX_MAX_REQUEST_HEADERS, MIN_MAX_REQUEST_HEADERS};
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
 use crate::tls::Terminator;
@@ -60,27 +62,30 @@ struct Builders {
 }
 
 /// Serves `listeners` until `shutdown` completes, then drains open connections for at most
-/// `drain`: in-flight requests finish, idle connections close, new ones are refused.
-pub async fn serve(
-    listeners: Vec<Listener>,
-    proxy: Arc<Proxy>,
-    request_headers: Duration,
-    drain: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
+/// `limits.drain`: in-flight requests finish, idle connections close, new ones are refused.
+pub async fn serve(listeners: Vec<Listener>, proxy: Arc<Proxy>, limits: &Limits, shutdown: impl Future<Output = ()>) {
+    let (request_headers, drain) = (limits.request_headers, limits.drain);
+    // hyper answers a head that does not fit with `431` and closes (HTTP/1.1), or resets the
+    // stream with a `431` (HTTP/2). The clamp keeps hyper's own minimum even for a hand-built
+    // `Limits`: below it, `max_buf_size` panics.
+    let head_limit = limits
+        .max_request_headers
+        .clamp(MIN_MAX_REQUEST_HEADERS, MAX_MAX_REQUEST_HEADERS);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(request_headers);
+        .header_read_timeout(request_headers)
+        .max_buf_size(usize::try_from(head_limit).unwrap_or(usize::MAX));
     // HTTP/2 has no head timeout once a connection is up: ping idle clients and close the ones
     // that stop answering, so dead peers do not hold connections forever.
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
+        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
+        .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX));
     let builders = Arc::new(Builders {
         http1: builder.clone().http1_only(),
         http2: builder.clone().http2_only(),
@@ -127,6 +132,13 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Over `max_connections`: closed before anything is read or allocated for it, so a
+        // flood costs an accept and a close each (as Envoy's listener connection limit does).
+        let Some(permit) = proxy.admit_connection() else {
+            tracing::debug!(%peer, "max_connections reached: connection closed");
+            drop(stream);
+            continue;
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
@@ -143,6 +155,8 @@ async fn accept_loop(
         let (builders, watcher, mut stop) = (Arc::clone(builders), graceful.watcher(), stop.clone());
         let tls = listener.tls.clone();
         tokio::spawn(async move {
+            // The slot is held until this task ends, whatever way it ends.
+            let _permit = permit;
             let Some(tls) = tls else {
                 // hyper's protocol sniffing has no timeout of its own: a client that sends
                 // nothing (or half an HTTP/2 preface) would hold the connection forever.

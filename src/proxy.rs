@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::admission::ConnectionPermit;
 use crate::body::{Completion, ResponseBody};
 use crate::config::Protocol;
 use crate::error::ProxyError;
@@ -23,6 +24,9 @@ use crate::router;
 use crate::split;
 use crate::table::{Routing, RoutingTable, Service, Version};
 use crate::upstream::{self, Endpoint, RequestBody, Tee};
+
+/// `Retry-After` of a shed request, in seconds: in-flight requests usually finish well within it.
+const OVERLOADED_RETRY_AFTER: &str = "1";
 
 /// The request handler, shared by every connection.
 #[derive(Debug)]
@@ -36,20 +40,38 @@ impl Proxy {
         Self { routing }
     }
 
+    /// Takes a connection slot, or `None` when `max_connections` are open.
+    pub fn admit_connection(&self) -> Option<ConnectionPermit> {
+        let max = self.routing.load().limits.max_connections;
+        self.routing.metrics().admission().try_connection(max)
+    }
+
     /// Handles one request; errors become the status of [`ProxyError::status`]. Every request
     /// that reached a version is recorded in that version's metrics exactly once: here for the
     /// proxy's own answers, when the response body ends for upstream answers, and as `error` if
     /// the client goes away first (hyper then drops this future, and with it the [`Outcome`]).
+    /// Past `max_in_flight`, a request is answered `503` before it is even routed.
     pub async fn handle(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<ResponseBody> {
         let method = request.method().clone();
         let http1 = request.version() < http::Version::HTTP_2;
+        // The whole request runs on the table it started with, even if a new one is published.
+        let table = self.routing.load_full();
+        let max_in_flight = table.limits.max_in_flight;
+        let Some(permit) = self.routing.metrics().admission().try_request(max_in_flight) else {
+            tracing::debug!(%method, max_in_flight, "max_in_flight reached: request shed");
+            return error_response(&ProxyError::Overloaded(max_in_flight), http1);
+        };
         let mut outcome = Outcome {
             start: Instant::now(),
             chosen: None,
             report: None,
         };
-        match self.handle_inner(request, client, &mut outcome).await {
-            Ok(response) => response,
+        match self.handle_inner(table, request, client, &mut outcome).await {
+            Ok(mut response) => {
+                // In flight until the body has been sent, not only until the head.
+                response.body_mut().hold(permit);
+                response
+            }
             Err(error) => {
                 tracing::debug!(%method, %error, source = ?error.source_side(), "request failed");
                 // The proxy's own answer is no upstream answer to compare a shadow with: dropping
@@ -63,31 +85,19 @@ impl Proxy {
                         metrics.upstream_error(kind);
                     }
                 }
-                let mut response = Response::new(ResponseBody::full(error.body()));
-                *response.status_mut() = error.status();
-                if http1 && matches!(error, ProxyError::BadRequest(_)) {
-                    // Whatever follows a malformed request on this connection cannot be trusted.
-                    response
-                        .headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("text/plain; charset=utf-8"),
-                );
-                response
+                error_response(&error, http1)
             }
         }
     }
 
     async fn handle_inner(
         &self,
+        table: Arc<RoutingTable>,
         mut request: Request<Incoming>,
         client: &ClientInfo,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        // The whole request runs on the table it started with, even if a new one is published.
-        let table = self.routing.load_full();
+        check_head(&request)?;
         let host = request_host(&request);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = router::route(&table, host_str, request.uri().path()).ok_or(ProxyError::NoService)?;
@@ -139,7 +149,15 @@ impl Proxy {
 
         if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS) {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
-            tokio::spawn(tunnel(client_upgrade, upstream_upgrade, endpoint.label.clone()));
+            // The tunnel outlives its HTTP connection (and that one's slot): it counts as an
+            // open connection of its own until it ends.
+            let tracked = self.routing.metrics().admission().track_connection();
+            tokio::spawn(tunnel(
+                client_upgrade,
+                upstream_upgrade,
+                endpoint.label.clone(),
+                tracked,
+            ));
             forward::remove_hop_by_hop(response.headers_mut(), true);
             let (parts, _) = response.into_parts();
             drop(lease);
@@ -169,9 +187,29 @@ impl Proxy {
                 inner: body,
                 lease,
                 completion,
+                permit: None,
             },
         ))
     }
+}
+
+/// The proxy's own answer to `error`: its status and a short plain-text body.
+fn error_response(error: &ProxyError, http1: bool) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::full(error.body()));
+    *response.status_mut() = error.status();
+    let headers = response.headers_mut();
+    if http1 && matches!(error, ProxyError::BadRequest(_)) {
+        // Whatever follows a malformed request on this connection cannot be trusted.
+        headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if matches!(error, ProxyError::Overloaded(_)) {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from_static(OVERLOADED_RETRY_AFTER));
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// What a request has reached so far, for its metrics.
@@ -198,6 +236,33 @@ fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
     match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers().get(header::HOST).cloned(),
+    }
+}
+
+/// Refuses what hyper lets through but RFC 9112 does not: an HTTP/1.1 request without exactly
+/// one `Host` (§3.2; routing by one and forwarding two would let the upstream pick the other),
+/// and a `Transfer-Encoding` other than a single `chunked` (hyper decodes the chunks of
+/// `gzip, chunked` or `chunked, chunked` and would forward the rest under no coding at all).
+fn check_head(request: &Request<Incoming>) -> Result<(), ProxyError> {
+    let headers = request.headers();
+    if request.version() == http::Version::HTTP_11 {
+        let mut hosts = headers.get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), None) => {}
+            (None, _) => return Err(ProxyError::BadRequest("no host header")),
+            (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one host header")),
+        }
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|coding| !coding.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => Ok(()),
+        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => Ok(()),
+        _ => Err(ProxyError::BadRequest("unsupported transfer-encoding")),
     }
 }
 
@@ -297,7 +362,9 @@ async fn send_with_retry(
         };
         // A body over the limit is the client's doing, not the endpoint's.
         let endpoint_failed = match &failure.kind {
-            upstream::FailureKind::Reset(cause) => !upstream::is_body_too_large(cause),
+            upstream::FailureKind::Reset(cause) => {
+                !upstream::is_body_too_large(cause) && !crate::error::client_body_failed(cause)
+            }
             upstream::FailureKind::Connect(_) => true,
         };
         observe(&endpoint, endpoint_failed);
@@ -328,7 +395,12 @@ async fn send_with_retry(
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, endpoint: Arc<str>) {
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    endpoint: Arc<str>,
+    _connection: ConnectionPermit,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(pair) => pair,
         Err(e) => {

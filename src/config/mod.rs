@@ -31,6 +31,20 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default request body limit.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
+/// Default cap on open client connections. An idle keep-alive connection costs about 5 KiB of
+/// RSS (benches/load/connections.sh), so 10 000 of them stay near 50 MiB; raise it together with
+/// `ulimit -n`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default cap on requests in flight: each holds buffers on both sides, and an upstream
+/// connection; past it, answering `503` at once is cheaper than queueing without bound.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
+/// Default largest request head, as Envoy's 60 KiB and NGINX's 4 × 8 KiB buffers, rounded up:
+/// generous for cookies and tokens, and far below hyper's own ~400 KiB.
+pub const DEFAULT_MAX_REQUEST_HEADERS: u64 = 64 << 10;
+/// Smallest `max_request_headers`: hyper reads request heads in buffers of at least this.
+pub const MIN_MAX_REQUEST_HEADERS: u64 = 8 << 10;
+/// Largest `max_request_headers`; more is surely a mistake.
+pub const MAX_MAX_REQUEST_HEADERS: u64 = 1 << 20;
 /// Default largest body a mirror copies: enough for typical API requests, bounded per copy.
 pub const DEFAULT_MIRROR_MAX_BODY: u64 = 64 << 10;
 /// Default shadow requests in flight per mirror.
@@ -125,7 +139,7 @@ pub struct UpstreamTls {
     pub server_name: Option<String>,
 }
 
-/// Timeouts and body limit, from `defaults`.
+/// Timeouts and limits, from `defaults`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// TCP connect to an endpoint.
@@ -140,6 +154,12 @@ pub struct Limits {
     pub drain: Duration,
     /// Largest request body, in bytes.
     pub max_request_body: u64,
+    /// Open client connections, all data-plane listeners together.
+    pub max_connections: usize,
+    /// Requests in flight, all connections together.
+    pub max_in_flight: usize,
+    /// Largest request head (request line and headers), in bytes.
+    pub max_request_headers: u64,
 }
 
 impl Default for Limits {
@@ -151,6 +171,9 @@ impl Default for Limits {
             idle: DEFAULT_IDLE_TIMEOUT,
             drain: DEFAULT_DRAIN_TIMEOUT,
             max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            max_request_headers: DEFAULT_MAX_REQUEST_HEADERS,
         }
     }
 }

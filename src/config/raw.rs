@@ -89,8 +89,23 @@ pub struct RawDefaults {
     /// `defaults.timeouts`.
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    /// `defaults.limits`.
+    #[serde(default)]
+    pub limits: RawLimits,
     /// Largest request body accepted, e.g. `16MiB`.
     pub max_request_body: Option<String>,
+}
+
+/// `defaults.limits`: what one process takes on before it sheds load.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Open client connections over all data-plane listeners; past it, new ones are closed.
+    pub max_connections: Option<usize>,
+    /// Requests in flight over all connections; past it, requests get `503` at once.
+    pub max_in_flight: Option<usize>,
+    /// Largest request head (request line and headers), e.g. `64KiB`; past it, `431`.
+    pub max_request_headers: Option<String>,
 }
 
 /// `defaults.timeouts`: each a duration string such as `250ms` or `30s`.

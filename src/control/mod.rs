@@ -655,5 +655,8 @@ fn restart_warnings(old: &Config, new: &Config) -> Vec<String> {
     if old.limits.request_headers != new.limits.request_headers {
         warnings.push("defaults.timeouts.request_headers changed: restart sluice to apply it".to_owned());
     }
+    if old.limits.max_request_headers != new.limits.max_request_headers {
+        warnings.push("defaults.limits.max_request_headers changed: restart sluice to apply it".to_owned());
+    }
     warnings
 }

@@ -271,6 +271,7 @@ pub struct Metrics {
     versions: Mutex<HashMap<Key, Weak<VersionMetrics>>>,
     ticking: std::sync::atomic::AtomicBool,
     access_log: Arc<OnceLock<AccessLog>>,
+    admission: Arc<crate::admission::Admission>,
 }
 
 impl Metrics {
@@ -300,6 +301,11 @@ impl Metrics {
     /// The access log, if on.
     pub fn access_log(&self) -> Option<&AccessLog> {
         self.access_log.get()
+    }
+
+    /// Open connections and requests in flight, process-wide, and what was shed.
+    pub fn admission(&self) -> &Arc<crate::admission::Admission> {
+        &self.admission
     }
 
     /// Every live handle, sorted by labels.

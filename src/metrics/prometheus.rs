@@ -197,6 +197,8 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, control: &ControlCounters
         );
     }
 
+    render_admission(&mut out, metrics.admission());
+
     if let Some(log) = metrics.access_log() {
         header(
             &mut out,
@@ -215,6 +217,40 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, control: &ControlCounters
     );
     let _ = writeln!(out, "sluice_routing_table_revision {}", table.revision);
     out
+}
+
+/// Open connections and requests in flight against `defaults.limits`, and what was shed.
+fn render_admission(out: &mut String, admission: &crate::admission::Admission) {
+    let series: [(&str, &str, &str, u64); 4] = [
+        (
+            "sluice_connections_open",
+            "gauge",
+            "Open client connections, every data-plane listener together.",
+            admission.connections() as u64,
+        ),
+        (
+            "sluice_connections_refused_total",
+            "counter",
+            "Client connections closed at accept because defaults.limits.max_connections were open.",
+            admission.refused(),
+        ),
+        (
+            "sluice_requests_in_flight",
+            "gauge",
+            "Requests in flight, every connection together, until their response body is sent.",
+            admission.in_flight() as u64,
+        ),
+        (
+            "sluice_requests_shed_total",
+            "counter",
+            "Requests answered 503 at once because defaults.limits.max_in_flight were in flight.",
+            admission.shed(),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        header(out, name, kind, help);
+        let _ = writeln!(out, "{name} {value}");
+    }
 }
 
 /// Route weights and endpoint health, read from the table in force.

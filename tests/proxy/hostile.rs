@@ -1,29 +1,15 @@
 //! Clients that try to confuse the proxy: silent or stalled connections, a target that names
-//! another host than `Host`, `Upgrade: h2c` smuggling, and conflicting body framing.
+//! another host than `Host`, `Upgrade: h2c` smuggling, conflicting or malformed body framing,
+//! malformed and oversized heads. Each speaks raw bytes on a socket and reads the raw answer;
+//! each checks what the upstream received.
 
 use std::sync::{Arc, Mutex};
 
 use http::{HeaderMap, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::*;
-
-/// Reads until the proxy closes the connection (a reset counts: closing with unread input
-/// makes the kernel send one); returns what it sent.
-async fn read_until_closed(stream: &mut TcpStream) -> String {
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match within("the proxy closes the connection", stream.read(&mut buf)).await {
-            Ok(0) => break,
-            Ok(n) => answer.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break,
-            Err(e) => panic!("read: {e}"),
-        }
-    }
-    String::from_utf8_lossy(&answer).into_owned()
-}
 
 /// An upstream that keeps the headers of the last request it saw.
 async fn recording_upstream(name: &'static str) -> (Upstream, Arc<Mutex<Option<HeaderMap>>>) {
@@ -126,5 +112,227 @@ async fn conflicting_framing_closes_the_connection_and_smuggles_nothing() {
         headers.get("content-length").is_none(),
         "the conflicting length is not passed on: {headers:?}"
     );
+    proxy.shutdown().await;
+}
+
+/// An upstream that logs every request it receives as `METHOD PATH BODY`, where `BODY` is the
+/// body's length, or `broken` if it did not arrive whole.
+async fn logging_upstream() -> (Upstream, Arc<Mutex<Vec<String>>>) {
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let store = Arc::clone(&log);
+    let upstream = Upstream::start(move |request| {
+        let store = Arc::clone(&store);
+        async move {
+            use http_body_util::BodyExt;
+            let line = format!("{} {}", request.method(), request.uri().path());
+            let body = match request.into_body().collect().await {
+                Ok(body) => body.to_bytes().len().to_string(),
+                Err(_) => "broken".to_owned(),
+            };
+            store.lock().expect("lock").push(format!("{line} {body}"));
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    (upstream, log)
+}
+
+/// What follows every hostile request on its connection: if the proxy ever read it as a request
+/// of its own, the upstream would log `GET /smuggled`.
+const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: s\r\n\r\n";
+
+/// Sends `raw` then [`SMUGGLED`] on a new connection; checks that the proxy answers once with
+/// `status`, says `connection: close` and closes.
+async fn expect_one_answer_then_close(proxy: &TestProxy, case: &str, raw: &str, status: u16) {
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    // The proxy may close before it has read everything: a failed write is fine.
+    let _ = stream.write_all(format!("{raw}{SMUGGLED}").as_bytes()).await;
+    let answer = read_until_closed(&mut stream).await;
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{case}: want {status}, got {answer:?}"
+    );
+    assert_eq!(
+        answer.matches("HTTP/1.1 ").count(),
+        1,
+        "{case}: one answer, nothing after it: {answer:?}"
+    );
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{case}: the client is told the connection ends: {answer:?}"
+    );
+}
+
+/// Heads that two parsers could read two ways: hyper refuses most of them itself; sluice refuses
+/// the rest (`Host` count, transfer codings). Each gets `400` and a closed connection, and the
+/// upstream sees nothing at all: neither the request nor what was hidden behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_heads_get_400_and_close_and_smuggle_nothing() {
+    let (up, log) = logging_upstream().await;
+    let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
+    let post = "POST / HTTP/1.1\r\nHost: s\r\n";
+    let cases: [(&str, String); 21] = [
+        // Refused by hyper.
+        (
+            "two different Content-Length",
+            format!("{post}Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!"),
+        ),
+        (
+            "a Content-Length list",
+            format!("{post}Content-Length: 5, 6\r\n\r\nhello!"),
+        ),
+        (
+            "a signed Content-Length",
+            format!("{post}Content-Length: +5\r\n\r\nhello"),
+        ),
+        (
+            "chunked not the last coding",
+            format!("{post}Transfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "an unknown coding",
+            format!("{post}Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "Transfer-Encoding in HTTP/1.0",
+            "POST / HTTP/1.0\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "space before the colon of Transfer-Encoding",
+            format!("{post}Transfer-Encoding : chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "obs-fold with a space",
+            "GET / HTTP/1.1\r\nHost: s\r\nX-A: a\r\n b\r\n\r\n".into(),
+        ),
+        (
+            "obs-fold with a tab hiding a coding",
+            "GET / HTTP/1.1\r\nHost: s\r\nX-A: a\r\n\tTransfer-Encoding: chunked\r\n\r\n".into(),
+        ),
+        (
+            "whitespace before the first header",
+            "GET / HTTP/1.1\r\n Host: s\r\n\r\n".into(),
+        ),
+        (
+            "space before a colon",
+            "GET / HTTP/1.1\r\nHost: s\r\nX-A : b\r\n\r\n".into(),
+        ),
+        (
+            "space inside a name",
+            "GET / HTTP/1.1\r\nHost: s\r\nX A: b\r\n\r\n".into(),
+        ),
+        (
+            "a non-token character in a name",
+            "GET / HTTP/1.1\r\nHost: s\r\nX(A): b\r\n\r\n".into(),
+        ),
+        (
+            "NUL in a value",
+            "GET / HTTP/1.1\r\nHost: s\r\nX-A: a\0b\r\n\r\n".into(),
+        ),
+        (
+            "bare CR in a value",
+            "GET / HTTP/1.1\r\nHost: s\r\nX-A: a\rb\r\n\r\n".into(),
+        ),
+        // Let through by hyper, refused by sluice.
+        (
+            "chunked twice in one line",
+            format!("{post}Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunked twice in two lines",
+            format!("{post}Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "a coding before chunked",
+            format!("{post}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        ("no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n".into()),
+        ("two Host lines", "GET / HTTP/1.1\r\nHost: s\r\nHost: t\r\n\r\n".into()),
+        ("absolute form without Host", "GET http://s/ HTTP/1.1\r\n\r\n".into()),
+    ];
+    for (case, raw) in &cases {
+        expect_one_answer_then_close(&proxy, case, raw, 400).await;
+        assert_eq!(
+            up.hits(),
+            0,
+            "{case}: reached the upstream: {:?}",
+            log.lock().expect("lock")
+        );
+    }
+    proxy.shutdown().await;
+}
+
+/// A chunked body that breaks (a size that is not hex, or overflows) is the client's fault: the
+/// client gets `400` and a closed connection, not a `502` blaming the upstream. The upstream may
+/// have seen the start of the request (bodies stream), never a complete one, nor the request
+/// hidden behind the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_chunked_bodies_get_400_and_close_and_smuggle_nothing() {
+    let (up, log) = logging_upstream().await;
+    let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
+    let post = "POST / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases = [
+        ("a size that is not hex", format!("{post}zz\r\nhello\r\n0\r\n\r\n")),
+        (
+            "a size that overflows",
+            format!("{post}FFFFFFFFFFFFFFFFF1\r\nhello\r\n0\r\n\r\n"),
+        ),
+        (
+            "a bad size after a good chunk",
+            format!("{post}5\r\nhello\r\n-1\r\nx\r\n0\r\n\r\n"),
+        ),
+        ("a chunk longer than its size", format!("{post}2\r\nhello\r\n0\r\n\r\n")),
+    ];
+    for (case, raw) in &cases {
+        expect_one_answer_then_close(&proxy, case, raw, 400).await;
+    }
+    let seen = log.lock().expect("lock").clone();
+    assert!(
+        seen.iter().all(|line| line == "POST / broken"),
+        "only broken starts of the hostile requests reached the upstream: {seen:?}"
+    );
+    proxy.shutdown().await;
+}
+
+/// A head larger than `max_request_headers` (default 64KiB), or with more than 100 header
+/// lines (hyper's limit), gets `431` and a closed connection; a head within the limit passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_heads_get_431_and_close() {
+    let (up, log) = logging_upstream().await;
+    let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
+    let get = "GET / HTTP/1.1\r\nHost: s\r\n";
+    let big = "x".repeat(70 << 10);
+    let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let cases = [
+        ("one 70KiB header", format!("{get}X-Big: {big}\r\n\r\n")),
+        ("101 headers", format!("{get}{many}\r\n")),
+        ("a 70KiB target", format!("GET /{big} HTTP/1.1\r\nHost: s\r\n\r\n")),
+    ];
+    for (case, raw) in &cases {
+        expect_one_answer_then_close(&proxy, case, raw, 431).await;
+        assert_eq!(
+            up.hits(),
+            0,
+            "{case}: reached the upstream: {:?}",
+            log.lock().expect("lock")
+        );
+    }
+    proxy.shutdown().await;
+
+    // A lower limit applies, and what is within it passes.
+    let proxy = proxy_with(
+        &service("s", "{}", &[("v", &[up.addr], 1)]),
+        "defaults: { limits: { max_request_headers: 8KiB } }",
+    )
+    .await;
+    let over = format!("{get}X-Big: {}\r\n\r\n", "x".repeat(9 << 10));
+    expect_one_answer_then_close(&proxy, "9KiB against 8KiB", &over, 431).await;
+    assert_eq!(up.hits(), 0);
+    let within_limit = format!("{get}X-Big: {}\r\nConnection: close\r\n\r\n", "x".repeat(6 << 10));
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream.write_all(within_limit.as_bytes()).await.expect("write");
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "6KiB against 8KiB: {answer:?}");
+    assert_eq!(*log.lock().expect("lock"), ["GET / 0"]);
     proxy.shutdown().await;
 }

@@ -8,6 +8,7 @@ mod headers;
 mod health;
 mod hostile;
 mod metrics;
+mod overload;
 mod pooling;
 mod reload;
 mod rollout;

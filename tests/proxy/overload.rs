@@ -1,0 +1,184 @@
+//! `defaults.limits`: past `max_connections` new connections are closed at once; past
+//! `max_in_flight` requests get `503` at once, without touching an upstream. On raw sockets,
+//! with the counts checked on the upstream and in `/metrics`.
+
+use std::sync::Arc;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: s\r\n\r\n";
+
+/// A config file with one service on `upstream` and `limits` under `defaults.limits`.
+fn limited(name: &str, upstream: std::net::SocketAddr, limits: &str) -> std::path::PathBuf {
+    let path = temp_dir(name).join("sluice.yaml");
+    let services = service("s", "{}", &[("v", &[upstream], 1)]);
+    write_config(
+        &path,
+        &format!(
+            "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\ndefaults: {{ limits: {limits} }}\nservices:\n{services}"
+        ),
+    );
+    path
+}
+
+/// The value of an unlabelled series in `/metrics`.
+async fn metric(proxy: &Controlled, name: &str) -> u64 {
+    let (_, text) = proxy.api_text("/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+/// Sends a GET on a kept-alive connection and reads the answer's status line.
+async fn get_on(stream: &mut TcpStream) -> Option<String> {
+    stream.write_all(GET).await.ok()?;
+    let (head, _) = read_response(stream).await?;
+    head.lines().next().map(str::to_owned)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_max_connections_are_closed_and_the_others_keep_working() {
+    let up = Upstream::named("ok").await;
+    let path = limited("max-connections", up.addr, "{ max_connections: 2 }");
+    let proxy = controlled(&path, Options::default()).await;
+    let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
+    let mut second = TcpStream::connect(proxy.addr).await.expect("connect");
+    for stream in [&mut first, &mut second] {
+        assert_eq!(get_on(stream).await.as_deref(), Some("http/1.1 200 ok"));
+    }
+    assert_eq!(metric(&proxy, "sluice_connections_open").await, 2);
+
+    // The third is accepted by the kernel, then closed by the proxy without an answer.
+    let mut third = TcpStream::connect(proxy.addr).await.expect("connect");
+    let _ = third.write_all(GET).await;
+    assert_eq!(
+        read_until_closed(&mut third).await,
+        "",
+        "the third connection gets no answer"
+    );
+    assert_eq!(
+        up.hits(),
+        2,
+        "the third connection's request never reached the upstream"
+    );
+    assert_eq!(metric(&proxy, "sluice_connections_refused_total").await, 1);
+
+    // The first two are untouched.
+    for stream in [&mut first, &mut second] {
+        assert_eq!(get_on(stream).await.as_deref(), Some("http/1.1 200 ok"));
+    }
+    assert_eq!(up.hits(), 4);
+
+    // Once one closes, its slot is free again: the proxy notices the close on its own time,
+    // so new connections are tried until one is served.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let status = loop {
+        let mut next = TcpStream::connect(proxy.addr).await.expect("connect");
+        if let Some(status) = get_on(&mut next).await {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed slot was never reused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(status, "http/1.1 200 ok");
+    assert_eq!(up.hits(), 5);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_max_in_flight_get_503_at_once_and_never_reach_the_upstream() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let up = Upstream::held(Arc::clone(&release)).await;
+    let path = limited("max-in-flight", up.addr, "{ max_in_flight: 1 }");
+    let proxy = controlled(&path, Options::default()).await;
+
+    let mut held = TcpStream::connect(proxy.addr).await.expect("connect");
+    held.write_all(GET).await.expect("write");
+    wait_until("the first request reaches the upstream", || up.hits() == 1).await;
+    assert_eq!(metric(&proxy, "sluice_requests_in_flight").await, 1);
+
+    // The upstream holds the first answer until released, so an answer now was not queued.
+    let mut second = TcpStream::connect(proxy.addr).await.expect("connect");
+    second.write_all(GET).await.expect("write");
+    let (head, body) = read_response(&mut second)
+        .await
+        .expect("an answer while the first is held");
+    assert!(head.starts_with("http/1.1 503 "), "{head}");
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    assert_eq!(body, "overloaded: retry shortly\n");
+    assert_eq!(up.hits(), 1, "the shed request never reached the upstream");
+    assert_eq!(metric(&proxy, "sluice_requests_shed_total").await, 1);
+
+    release.notify_one();
+    let (head, body) = read_response(&mut held).await.expect("the held answer");
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert_eq!(body, "released");
+
+    // The slot is freed once the first answer's body is sent, which the client may see a
+    // moment before the proxy does: retry on the kept-alive connection until served.
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        release.notify_one();
+        let status = get_on(&mut second).await.expect("an answer");
+        if status == "http/1.1 200 ok" {
+            break;
+        }
+        assert_eq!(status, "http/1.1 503 service unavailable");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests were never admitted again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(up.hits(), 2, "exactly the admitted requests reached the upstream");
+    assert_eq!(metric(&proxy, "sluice_requests_in_flight").await, 0);
+    proxy.shutdown().await;
+}
+
+/// A streamed answer holds its slot until its body ends, not only until its head is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_answer_holds_its_slot_until_the_body_ends() {
+    let (tx, body) = channel_body(1);
+    let body = Arc::new(std::sync::Mutex::new(Some(body)));
+    let up = Upstream::start(move |_| {
+        let first = body.lock().expect("lock").take();
+        async move { http::Response::new(first.unwrap_or_else(|| full("second"))) }
+    })
+    .await;
+    let path = limited("streaming-slot", up.addr, "{ max_in_flight: 1 }");
+    let proxy = controlled(&path, Options::default()).await;
+    let client = http1_client();
+    let request = http::Request::get(proxy.url("/")).body(empty()).expect("request");
+    let response = within("the streaming answer's head", client.request(request))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), 200);
+
+    let mut other = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(
+        get_on(&mut other).await.as_deref(),
+        Some("http/1.1 503 service unavailable"),
+        "the first request is still in flight while its body streams"
+    );
+    drop(tx);
+    use http_body_util::BodyExt;
+    within("the body ends", response.into_body().collect())
+        .await
+        .expect("body");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while get_on(&mut other).await.as_deref() != Some("http/1.1 200 ok") {
+        assert!(tokio::time::Instant::now() < deadline, "the slot was never freed");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(up.hits(), 2);
+    proxy.shutdown().await;
+}
