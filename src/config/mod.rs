@@ -32,8 +32,8 @@ pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default request body limit.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
 /// Default cap on open client connections. Measured (benches/load/connections.sh, release build):
-/// an idle keep-alive connection costs about 25 KiB of RSS (mostly hyper's 8 KiB read and 8 KiB
-/// write buffers), so 10 000 of them take about 250 MiB. Lower it for a sidecar; raise it
+/// an idle keep-alive connection costs about 25 KiB of RSS (hyper gives each an 8 KiB read and
+/// an 8 KiB write buffer to start with), so 10 000 of them take about 250 MiB. Lower it for a sidecar; raise it
 /// together with `ulimit -n`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 /// Default cap on requests in flight, as many as connections: an HTTP/1.1 client is then never

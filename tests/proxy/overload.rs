@@ -182,3 +182,40 @@ async fn a_streaming_answer_holds_its_slot_until_the_body_ends() {
     assert_eq!(up.hits(), 2);
     proxy.shutdown().await;
 }
+
+/// `max_connections` and `max_in_flight` apply on reload, at the next decision;
+/// `max_request_headers` is set on the listener's connections and needs a restart, as the
+/// reload says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_limits_at_once() {
+    let up = Upstream::named("ok").await;
+    let path = limited("reload-limits", up.addr, "{ max_connections: 1 }");
+    let proxy = controlled(&path, Options::default()).await;
+    let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(get_on(&mut first).await.as_deref(), Some("http/1.1 200 ok"));
+    let mut refused = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(get_on(&mut refused).await, None, "one connection is the limit");
+
+    let raised = limited(
+        "reload-limits",
+        up.addr,
+        "{ max_connections: 2, max_request_headers: 16KiB }",
+    );
+    assert_eq!(raised, path);
+    let (status, body) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    let warnings = body["warnings"].to_string();
+    assert!(
+        warnings.contains("defaults.limits.max_request_headers changed: restart sluice to apply it"),
+        "{body}"
+    );
+    let mut second = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(
+        get_on(&mut second).await.as_deref(),
+        Some("http/1.1 200 ok"),
+        "the raised limit admits a second connection"
+    );
+    assert_eq!(get_on(&mut first).await.as_deref(), Some("http/1.1 200 ok"));
+    assert_eq!(up.hits(), 3);
+    proxy.shutdown().await;
+}
