@@ -5,6 +5,7 @@
 //! YAML path and the fix, and all of them are reported at once.
 
 mod compile;
+mod limits;
 pub mod raw;
 pub mod rollout;
 mod routing;
