@@ -206,6 +206,20 @@ async fn accept_loop(
     }
 }
 
+/// The soft limit on open files of this process (`ulimit -n`), where the OS says it (Linux);
+/// `None` elsewhere or if unlimited. Past it `accept` fails, long before a larger
+/// `max_connections` would refuse anything.
+pub fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    soft_open_files(&limits)
+}
+
+/// The soft `Max open files` of a `/proc/PID/limits` text.
+fn soft_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|line| line.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
+}
+
 /// The server handshake. A client that speaks plain HTTP to the TLS port gets a `400` that
 /// says so, instead of a silent close; anything else that is not TLS is closed.
 async fn tls_handshake(stream: TcpStream, tls: &Terminator) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
@@ -347,5 +361,19 @@ impl tokio::io::AsyncWrite for Prefixed {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn reads_the_soft_open_files_limit() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+            Max processes             95912                95912                processes \n\
+            Max open files            1024                 524288               files     \n";
+        assert_eq!(super::soft_open_files(limits), Some(1024));
+        let unlimited = "Max open files            unlimited            unlimited            files\n";
+        assert_eq!(super::soft_open_files(unlimited), None);
+        assert_eq!(super::soft_open_files(""), None);
     }
 }

@@ -117,6 +117,14 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     if config.state_dir.is_none() {
         tracing::warn!("state_dir is not set: weight overrides and history will not survive a restart");
     }
+    let max_connections = config.limits.max_connections as u64;
+    if let Some(open_files) = sluice::listener::open_files_limit().filter(|&n| n <= max_connections) {
+        tracing::warn!(
+            open_files,
+            max_connections,
+            "ulimit -n is not above defaults.limits.max_connections: accepts will fail before the limit refuses anything; raise it (each connection also needs an upstream connection)"
+        );
+    }
     let workers = config
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

@@ -5,6 +5,7 @@
 //! YAML path and the fix, and all of them are reported at once.
 
 mod compile;
+mod limits;
 pub mod raw;
 pub mod rollout;
 mod routing;
@@ -31,12 +32,14 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default request body limit.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 16 << 20;
-/// Default cap on open client connections. An idle keep-alive connection costs about 5 KiB of
-/// RSS (benches/load/connections.sh), so 10 000 of them stay near 50 MiB; raise it together with
-/// `ulimit -n`.
+/// Default cap on open client connections. Measured (benches/load/connections.sh, release build):
+/// an idle keep-alive connection costs about 25 KiB of RSS (hyper gives each an 8 KiB read and
+/// an 8 KiB write buffer to start with), so 10 000 of them take about 250 MiB. Lower it for a sidecar; raise it
+/// together with `ulimit -n`.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
-/// Default cap on requests in flight: each holds buffers on both sides, and an upstream
-/// connection; past it, answering `503` at once is cheaper than queueing without bound.
+/// Default cap on requests in flight, as many as connections: an HTTP/1.1 client is then never
+/// shed before it would be refused a connection, and the cap binds HTTP/2 multiplexing. Past it,
+/// answering `503` at once is cheaper than queueing without bound.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 10_000;
 /// Default largest request head, as Envoy's 60 KiB and NGINX's 4 × 8 KiB buffers, rounded up:
 /// generous for cookies and tokens, and far below hyper's own ~400 KiB.

@@ -182,3 +182,132 @@ async fn a_streaming_answer_holds_its_slot_until_the_body_ends() {
     assert_eq!(up.hits(), 2);
     proxy.shutdown().await;
 }
+
+/// `max_connections` and `max_in_flight` apply on reload, at the next decision;
+/// `max_request_headers` is set on the listener's connections and needs a restart, as the
+/// reload says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_limits_at_once() {
+    let up = Upstream::named("ok").await;
+    let path = limited("reload-limits", up.addr, "{ max_connections: 1 }");
+    let proxy = controlled(&path, Options::default()).await;
+    let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(get_on(&mut first).await.as_deref(), Some("http/1.1 200 ok"));
+    let mut refused = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(get_on(&mut refused).await, None, "one connection is the limit");
+
+    let raised = limited(
+        "reload-limits",
+        up.addr,
+        "{ max_connections: 2, max_request_headers: 16KiB }",
+    );
+    assert_eq!(raised, path);
+    let (status, body) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    let warnings = body["warnings"].to_string();
+    assert!(
+        warnings.contains("defaults.limits.max_request_headers changed: restart sluice to apply it"),
+        "{body}"
+    );
+    let mut second = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(
+        get_on(&mut second).await.as_deref(),
+        Some("http/1.1 200 ok"),
+        "the raised limit admits a second connection"
+    );
+    assert_eq!(get_on(&mut first).await.as_deref(), Some("http/1.1 200 ok"));
+    assert_eq!(up.hits(), 3);
+    proxy.shutdown().await;
+}
+
+/// An upgraded (WebSocket) tunnel outlives its HTTP connection and still counts as one open
+/// connection, until it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_tunnel_counts_as_a_connection_until_it_ends() {
+    use tokio::io::AsyncReadExt;
+    let up = Upstream::start(|mut request| async move {
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            let mut io = hyper_util::rt::TokioIo::new(upgrade.await.expect("upstream upgrade"));
+            let mut buf = [0u8; 1024];
+            while let Ok(n @ 1..) = io.read(&mut buf).await {
+                if io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        http::Response::builder()
+            .status(http::StatusCode::SWITCHING_PROTOCOLS)
+            .header("upgrade", "websocket")
+            .header("connection", "upgrade")
+            .body(empty())
+            .expect("response")
+    })
+    .await;
+    let path = limited("tunnel-slot", up.addr, "{ max_connections: 1 }");
+    let proxy = controlled(&path, Options::default()).await;
+    let mut tunnel = TcpStream::connect(proxy.addr).await.expect("connect");
+    tunnel
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        .await
+        .expect("write");
+    let (head, _) = read_response(&mut tunnel).await.expect("the upgrade answer");
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    tunnel.write_all(b"ping").await.expect("write");
+    let mut echoed = [0u8; 4];
+    within("echo", tunnel.read_exact(&mut echoed)).await.expect("read echo");
+    assert_eq!(&echoed, b"ping");
+
+    assert_eq!(
+        metric(&proxy, "sluice_connections_open").await,
+        1,
+        "the tunnel counts once"
+    );
+    let mut refused = TcpStream::connect(proxy.addr).await.expect("connect");
+    assert_eq!(get_on(&mut refused).await, None, "the tunnel holds the only slot");
+
+    drop(tunnel);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let mut next = TcpStream::connect(proxy.addr).await.expect("connect");
+        // Any answer will do (this upstream answers 101 even to a plain GET): it was admitted.
+        if get_on(&mut next).await.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tunnel's slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    proxy.shutdown().await;
+}
+
+/// HTTP/2 requests count stream by stream: with one in flight, the next one the h2c client sends
+/// is shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_past_max_in_flight_get_503() {
+    let release = Arc::new(tokio::sync::Notify::new());
+    let up = Upstream::held(Arc::clone(&release)).await;
+    let path = limited("h2-in-flight", up.addr, "{ max_in_flight: 1 }");
+    let proxy = controlled(&path, Options::default()).await;
+    let client = h2c_client();
+    let first = {
+        let (client, url) = (client.clone(), proxy.url("/"));
+        tokio::spawn(async move { send(&client, http::Request::get(url).body(empty()).expect("request")).await })
+    };
+    wait_until("the first stream reaches the upstream", || up.hits() == 1).await;
+    let (status, headers, body) = send(
+        &client,
+        http::Request::get(proxy.url("/")).body(empty()).expect("request"),
+    )
+    .await;
+    assert_eq!(status, http::StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(body, "overloaded: retry shortly\n");
+    assert_eq!(up.hits(), 1);
+    release.notify_one();
+    let (status, _, _) = within("the first answer", first).await.expect("first");
+    assert_eq!(status, http::StatusCode::OK);
+    proxy.shutdown().await;
+}
