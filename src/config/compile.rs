@@ -401,14 +401,7 @@ fn host_pattern(host: &str) -> Result<HostPattern, String> {
 mod tests {
     use crate::config::parse;
 
-    fn errors_of(yaml: &str) -> Vec<String> {
-        match parse(yaml) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    const BASE: &str = "listeners: [{ name: public, address: 127.0.0.1:0 }]\n";
+    use crate::config::testing::{errors_of, BASE};
 
     #[test]
     fn reports_every_error_with_its_path() {

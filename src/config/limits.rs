@@ -71,14 +71,7 @@ pub(super) fn compile_limits(raw: &RawDefaults, errors: &mut Errors) -> Limits {
 mod tests {
     use crate::config::parse;
 
-    fn errors_of(yaml: &str) -> Vec<String> {
-        match parse(yaml) {
-            Ok(_) => Vec::new(),
-            Err(e) => e.0.iter().map(ToString::to_string).collect(),
-        }
-    }
-
-    const BASE: &str = "listeners: [{ name: public, address: 127.0.0.1:0 }]\n";
+    use crate::config::testing::{errors_of, BASE};
 
     #[test]
     fn limits_are_checked_with_their_paths() {

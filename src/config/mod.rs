@@ -415,3 +415,18 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     parse(&text)
 }
+
+/// What the config modules' tests share.
+#[cfg(test)]
+pub(crate) mod testing {
+    /// Every error `parse` reports for `yaml`, as text; none if it parses.
+    pub fn errors_of(yaml: &str) -> Vec<String> {
+        match super::parse(yaml) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// A listener, for configs that need one and care about something else.
+    pub const BASE: &str = "listeners: [{ name: public, address: 127.0.0.1:0 }]\n";
+}
