@@ -2,6 +2,7 @@
 //! real HTTP clients.
 
 mod admin;
+mod dashboard;
 mod failures;
 mod h2;
 mod headers;
