@@ -3,6 +3,7 @@
 
 mod admin;
 mod dashboard;
+mod deploy;
 mod failures;
 mod h2;
 mod headers;
