@@ -1,239 +1,32 @@
 //! The dashboard (`GET /` on the admin listener), rendered by headless Chromium against a live
 //! proxy: the page's script must fetch the API, keep samples and draw them.
 //!
-//! Chromium is required: `apt-get update && apt-get install -y chromium` (`.ci/run` does it).
-//! Its virtual time runs the page's 1 s polls without the test waiting for them in real time;
-//! the token form and the rollout buttons are driven over the DevTools protocol ([`Browser`]).
-//! `SLUICE_DASHBOARD_PNG=PATH` keeps the screenshot (`docs/dashboard.png` is one).
+//! Chromium is required (see [`crate::browser`]). Its virtual time runs the page's 1 s polls
+//! without the test waiting for them in real time; the token form and the rollout buttons are
+//! driven in real time over the DevTools protocol ([`Browser`]).
+//!
+//! `docs/dashboard.png` is made by the ignored `docs_screenshot`:
+//! `cargo test --test proxy docs_screenshot -- --ignored` (about a minute).
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use http::StatusCode;
-use serde_json::{json, Value};
 
+use crate::browser::{dump_dom, screenshot, Browser};
 use crate::support::*;
 
 /// Pause between one load loop's requests.
 const PACE: Duration = Duration::from_millis(2);
-/// Virtual time the page runs for before Chromium dumps or captures it: a few polls.
-const VIRTUAL_TIME_MS: u32 = 5000;
 
 /// A config with `blue` and `canary` (blue 100%) and a two-step rollout that holds at step 1.
 fn config(blue: SocketAddr, canary: SocketAddr) -> String {
     format!(
         "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\nservices:\n  - name: app\n    expose_version: true\n    versions:\n      blue: {{ endpoints: [{blue}] }}\n      canary: {{ endpoints: [{canary}] }}\n    routing: {{ weights: {{ blue: 100 }} }}\n    rollout:\n      baseline: blue\n      canary: canary\n      steps:\n        - {{ weight: 30, hold: 10m }}\n        - {{ weight: 100 }}\n      guardrails: {{ min_requests: 20, max_error_rate: 0.5 }}\n"
     )
-}
-
-/// Runs headless Chromium on `url` with `args`, in its own profile under `dir`, and returns its
-/// output. Fails the test, saying how to install it, when Chromium is missing.
-fn chromium(dir: &Path, url: &str, args: &[&str]) -> Output {
-    let mut child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--no-first-run",
-            "--hide-scrollbars",
-            &format!("--user-data-dir={}", dir.join("profile").display()),
-            &format!("--virtual-time-budget={VIRTUAL_TIME_MS}"),
-        ])
-        .args(args)
-        .arg(url)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `chromium` ({e}). The dashboard tests render the page in headless \
-                 Chromium: install it with `apt-get update && apt-get install -y chromium`"
-            )
-        });
-    let start = Instant::now();
-    while child.try_wait().expect("wait for chromium").is_none() {
-        if start.elapsed() > DEADLINE {
-            let _ = child.kill();
-            let output = child.wait_with_output().expect("chromium output");
-            panic!(
-                "chromium did not finish within {DEADLINE:?}: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let output = child.wait_with_output().expect("chromium output");
-    assert!(
-        output.status.success(),
-        "chromium failed ({}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
-}
-
-/// The page's DOM after its script ran for [`VIRTUAL_TIME_MS`] of virtual time.
-async fn dump_dom(dir: PathBuf, url: String) -> String {
-    let output = tokio::task::spawn_blocking(move || chromium(&dir, &url, &["--dump-dom"]))
-        .await
-        .expect("chromium task");
-    String::from_utf8(output.stdout).expect("DOM is UTF-8")
-}
-
-/// A PNG screenshot of the page at 1280×900 after [`VIRTUAL_TIME_MS`] of virtual time.
-async fn screenshot(dir: PathBuf, url: String) -> Vec<u8> {
-    let png = dir.join("dashboard.png");
-    let arg = format!("--screenshot={}", png.display());
-    tokio::task::spawn_blocking(move || chromium(&dir, &url, &[&arg, "--window-size=1280,900"]))
-        .await
-        .expect("chromium task");
-    std::fs::read(&png).expect("the screenshot file")
-}
-
-/// Headless Chromium driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`:
-/// commands in on fd 3, answers and events out on fd 4, each a JSON text ended by a NUL byte;
-/// `sh` maps them onto the child's stdin and stdout). Real time, unlike [`dump_dom`]: used to
-/// type and click.
-struct Browser {
-    child: std::process::Child,
-    commands: std::process::ChildStdin,
-    messages: std::sync::mpsc::Receiver<Value>,
-    next_id: u64,
-    session: Option<String>,
-}
-
-impl Browser {
-    /// Opens `url` in a new headless Chromium with its profile under `dir`.
-    fn open(dir: &Path, url: &str) -> Browser {
-        let script = format!(
-            "exec chromium --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run \
-             --user-data-dir={} --remote-debugging-pipe 3<&0 4>&1 1>/dev/null 2>/dev/null",
-            dir.join("profile").display()
-        );
-        assert!(
-            Command::new("sh")
-                .args(["-c", "command -v chromium"])
-                .output()
-                .is_ok_and(|o| o.status.success()),
-            "`chromium` is not installed. The dashboard tests render the page in headless \
-             Chromium: install it with `apt-get update && apt-get install -y chromium`"
-        );
-        let mut child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start chromium");
-        let commands = child.stdin.take().expect("stdin");
-        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-        let (tx, messages) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut message = Vec::new();
-            while std::io::BufRead::read_until(&mut out, 0, &mut message).is_ok_and(|n| n > 0) {
-                message.pop();
-                if let Ok(value) = serde_json::from_slice(&message) {
-                    if tx.send(value).is_err() {
-                        return;
-                    }
-                }
-                message.clear();
-            }
-        });
-        let mut browser = Browser {
-            child,
-            commands,
-            messages,
-            next_id: 0,
-            session: None,
-        };
-        let target = browser.call("Target.createTarget", json!({ "url": url }));
-        let attached = browser.call(
-            "Target.attachToTarget",
-            json!({ "targetId": target["targetId"], "flatten": true }),
-        );
-        browser.session = attached["sessionId"].as_str().map(str::to_owned);
-        browser
-    }
-
-    /// Sends one command and waits for its answer: `Ok(result)` or `Err(error message)`.
-    fn try_call(&mut self, method: &str, params: Value) -> Result<Value, String> {
-        use std::io::Write;
-        self.next_id += 1;
-        let mut command = json!({ "id": self.next_id, "method": method, "params": params });
-        if let Some(session) = &self.session {
-            command["sessionId"] = json!(session);
-        }
-        let mut bytes = serde_json::to_vec(&command).expect("json");
-        bytes.push(0);
-        self.commands.write_all(&bytes).expect("write to chromium");
-        let start = Instant::now();
-        loop {
-            let left = DEADLINE.saturating_sub(start.elapsed());
-            let message = self
-                .messages
-                .recv_timeout(left)
-                .unwrap_or_else(|e| panic!("no answer from chromium to {method}: {e}"));
-            if message["id"] == self.next_id {
-                return match message.get("error") {
-                    Some(error) => Err(error["message"].as_str().unwrap_or("?").to_owned()),
-                    None => Ok(message["result"].clone()),
-                };
-            }
-        }
-    }
-
-    fn call(&mut self, method: &str, params: Value) -> Value {
-        self.try_call(method, params)
-            .unwrap_or_else(|e| panic!("chromium refused {method}: {e}"))
-    }
-
-    /// Evaluates `expression` in the page until it gives a truthy value, and returns that value.
-    /// Retries while the page is still loading (its execution context can change under a call).
-    fn wait_for(&mut self, what: &str, expression: &str) -> Value {
-        let start = Instant::now();
-        let mut last = Value::Null;
-        loop {
-            let answer = self.try_call(
-                "Runtime.evaluate",
-                json!({ "expression": expression, "returnByValue": true }),
-            );
-            if let Ok(result) = answer {
-                if let Some(exception) = result.get("exceptionDetails") {
-                    last = exception.clone();
-                } else {
-                    let value = result["result"]["value"].clone();
-                    if !(value.is_null() || value == false || value == "") {
-                        return value;
-                    }
-                    last = value;
-                }
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting until the page shows {what}; last: {last}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Runs `statement` in the page.
-    fn run(&mut self, statement: &str) {
-        let result = self.call(
-            "Runtime.evaluate",
-            json!({ "expression": statement, "returnByValue": true }),
-        );
-        assert!(result.get("exceptionDetails").is_none(), "{statement}: {result}");
-    }
-}
-
-impl Drop for Browser {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The `<figure data-chart="{kind}">` element of `dom`.
@@ -334,10 +127,7 @@ async fn dashboard_renders_versions_rollout_charts_and_history() {
         "the last poll succeeded:\n{dom}"
     );
 
-    let png = screenshot(dir.clone(), url).await;
-    if let Some(keep) = std::env::var_os("SLUICE_DASHBOARD_PNG") {
-        std::fs::write(keep, &png).expect("keep the screenshot");
-    }
+    let png = screenshot(dir, url).await;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG");
     assert!(
         png.len() > 10_000,
@@ -454,5 +244,90 @@ async fn dashboard_needs_no_token_but_its_api_calls_do() {
         .expect("browser");
     let (_, body) = p.api("GET", "/api/v1/services/app", None).await;
     assert_eq!(body["service"]["rollout"]["state"], "aborted", "{log:#?}");
+    p.shutdown().await;
+}
+
+/// An upstream answering after a few milliseconds, with 500s once `failing` is set.
+async fn app(failing: Arc<AtomicBool>, base_ms: u64) -> Upstream {
+    Upstream::start(move |_| {
+        let failing = failing.load(Ordering::SeqCst);
+        async move {
+            tokio::time::sleep(Duration::from_millis(base_ms + fastrand::u64(0..base_ms))).await;
+            let status = if failing { 500 } else { 200 };
+            http::Response::builder()
+                .status(status)
+                .body(full("app"))
+                .expect("response")
+        }
+    })
+    .await
+}
+
+/// Makes `docs/dashboard.png`: the page open in real time while a canary goes through two
+/// steps, starts failing in the third and is rolled back; captured once the charts hold most of
+/// a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes docs/dashboard.png in about a minute; run with --ignored"]
+async fn docs_screenshot() {
+    let failing = Arc::new(AtomicBool::new(false));
+    let (blue, canary) = (
+        app(Arc::new(AtomicBool::new(false)), 4).await,
+        app(Arc::clone(&failing), 3).await,
+    );
+    let dir = temp_dir("dashboard-docs");
+    let path = dir.join("sluice.yaml");
+    write_config(
+        &path,
+        &format!(
+            "listeners: [{{ name: t, address: 127.0.0.1:0 }}]\nservices:\n  - name: checkout\n    expose_version: true\n    versions:\n      blue: {{ endpoints: [{}] }}\n      canary: {{ endpoints: [{}] }}\n    routing: {{ weights: {{ blue: 100 }} }}\n    rollout:\n      baseline: blue\n      canary: canary\n      steps:\n        - {{ weight: 10, hold: 8s }}\n        - {{ weight: 25, hold: 8s }}\n        - {{ weight: 50, hold: 2m }}\n        - {{ weight: 100 }}\n      guardrails: {{ window: 10s, min_requests: 20, max_error_rate: 0.02, max_p99_ratio: 3 }}\n",
+            blue.addr, canary.addr
+        ),
+    );
+    let p = controlled(&path, Options::default()).await;
+    let load = Load::start(p.url("/"), 2, Duration::from_millis(10));
+    let url = format!("http://{}/", p.admin);
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let browser = tokio::task::spawn_blocking(move || {
+        let mut browser = Browser::open(&dir, &url);
+        browser.viewport(1280, 1000);
+        browser.wait_for(
+            "some samples before the rollout",
+            "document.querySelector('[data-chart=\"rps\"] polyline[data-series=\"blue\"]')?.dataset.points >= 8",
+        );
+        let _ = tx.send(());
+        browser.wait_for_up_to(
+            "the rollback, and most of a minute of samples",
+            "document.querySelector('[data-state=\"rolled_back\"]') && \
+             document.querySelector('[data-chart=\"rps\"] polyline[data-series=\"blue\"]').dataset.points >= 50",
+            Duration::from_secs(100),
+        );
+        browser.capture()
+    });
+    rx.await.expect("the browser started");
+    let (status, body) = p.api("POST", "/api/v1/services/checkout/rollout/start", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let start = tokio::time::Instant::now();
+    loop {
+        let (_, body) = p.api("GET", "/api/v1/services/checkout", None).await;
+        if body["service"]["rollout"]["step"] == 3 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "step 3: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Some healthy traffic at 50%, then the canary breaks.
+    let served = load.served_by("canary");
+    wait_until("the canary served more at 50%", || {
+        load.served_by("canary") > served + 300
+    })
+    .await;
+    failing.store(true, Ordering::SeqCst);
+    let png = tokio::time::timeout(Duration::from_secs(120), browser)
+        .await
+        .expect("the page in time")
+        .expect("browser");
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
+    std::fs::write(&target, &png).expect("write docs/dashboard.png");
+    load.stop().await;
     p.shutdown().await;
 }

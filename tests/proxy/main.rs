@@ -2,6 +2,7 @@
 //! real HTTP clients.
 
 mod admin;
+mod browser;
 mod dashboard;
 mod deploy;
 mod failures;
