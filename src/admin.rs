@@ -1,6 +1,8 @@
-//! The admin listener: probes and the JSON API over the control plane. Never served on a
-//! data-plane listener. With a token configured, every `/api` call needs
-//! `Authorization: Bearer <token>`, compared in constant time.
+//! The admin listener: probes, the dashboard ([`dashboard`]) and the JSON API over the control
+//! plane. Never served on a data-plane listener. With a token configured, every `/api` call
+//! needs `Authorization: Bearer <token>`, compared in constant time.
+
+pub mod dashboard;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,8 +27,13 @@ use crate::table::Service;
 
 /// The Prometheus text exposition format.
 const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// The windows the stats endpoint reports.
-const STATS_WINDOWS: [(&str, Duration); 2] = [("10s", Duration::from_secs(10)), ("60s", Duration::from_secs(60))];
+/// The windows the stats endpoint reports. `1s` is for the dashboard's live charts, which
+/// sample it once a second.
+const STATS_WINDOWS: [(&str, Duration); 3] = [
+    ("1s", Duration::from_secs(1)),
+    ("10s", Duration::from_secs(10)),
+    ("60s", Duration::from_secs(60)),
+];
 /// Largest admin request body accepted.
 const MAX_BODY: usize = 64 << 10;
 /// Pause after a failed `accept` so the loop does not spin.
@@ -134,6 +141,10 @@ async fn handle(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> 
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_CONTENT_TYPE));
         return response;
     }
+    // The page holds no data, so it needs no token; the API calls it makes do.
+    if request.method() == Method::GET && request.uri().path() == "/" {
+        return dashboard::response();
+    }
     let result = route(admin, request, peer).await;
     let (status, body) = match result {
         Ok(body) => (StatusCode::OK, body),
@@ -154,7 +165,7 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
         (&Method::GET, "/healthz") => return Ok(json!({ "status": "ok" })),
         // The config is loaded and the listeners bound before the admin listener starts.
         (&Method::GET, "/readyz") => return Ok(json!({ "status": "ready" })),
-        (_, "/healthz" | "/readyz" | "/metrics") => return Err(method_not_allowed("GET")),
+        (_, "/" | "/healthz" | "/readyz" | "/metrics") => return Err(method_not_allowed("GET")),
         _ => {}
     }
     let Some(api) = path.strip_prefix("/api/v1/") else {

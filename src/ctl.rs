@@ -70,6 +70,9 @@ pub enum CtlCommand {
     },
     /// Re-read the config file now.
     Reload,
+    /// Check that the admin listener is alive (`GET /healthz`, no token needed): exit 0 when it
+    /// answers, 1 when not. For container health checks, where no HTTP client is installed.
+    Health,
     /// Drive SERVICE's rollout: start, pause, resume (also passes an approval step), promote, abort.
     Rollout {
         /// What to do.
@@ -332,6 +335,7 @@ fn plan(command: &CtlCommand) -> Result<(Method, String, Option<Value>), Failure
             (Method::POST, path, Some(json!({ "revision": revision })))
         }
         CtlCommand::Reload => (Method::POST, "/api/v1/reload".into(), None),
+        CtlCommand::Health => (Method::GET, "/healthz".into(), None),
         CtlCommand::Rollout { action, service } => {
             let path = format!("/api/v1/services/{}/rollout/{}", encode(service), action.as_str());
             (Method::POST, path, None)
@@ -452,6 +456,7 @@ fn render(command: &CtlCommand, answer: &Value) -> String {
         CtlCommand::Status { .. } | CtlCommand::Weights { .. } | CtlCommand::Revert { .. } => status_table(answer),
         CtlCommand::History { service } => history_table(answer, service.as_deref()),
         CtlCommand::Reload => reload_report(answer),
+        CtlCommand::Health => format!("{}\n", text(&answer["status"])),
         CtlCommand::Rollout { .. } | CtlCommand::Watch { .. } => rollout_report(answer),
     }
 }

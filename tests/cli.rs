@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::Deserialize as _;
+
 const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -45,6 +47,80 @@ fn every_shipped_config_validates() {
         checked += 1;
     }
     assert!(checked >= 3, "expected the shipped examples, found {checked}");
+}
+
+/// The sluice configs shipped under deploy/: the Docker image's default, and each
+/// `sluice.yaml` key of a Kubernetes ConfigMap, extracted with serde_yaml. Returns (origin, text).
+fn deploy_configs() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let docker = root.join("docker/sluice.yaml");
+    let mut configs = vec![(
+        docker.display().to_string(),
+        std::fs::read_to_string(&docker).expect("deploy/docker/sluice.yaml"),
+    )];
+    let dir = root.join("kubernetes");
+    for entry in std::fs::read_dir(&dir).expect("deploy/kubernetes/") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("manifest");
+        for document in serde_yaml::Deserializer::from_str(&text) {
+            let manifest = serde_yaml::Value::deserialize(document)
+                .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+            if manifest["kind"].as_str() != Some("ConfigMap") {
+                continue;
+            }
+            let name = manifest["metadata"]["name"].as_str().unwrap_or("?");
+            let config = manifest["data"]["sluice.yaml"]
+                .as_str()
+                .unwrap_or_else(|| panic!("ConfigMap {name} has no sluice.yaml"));
+            configs.push((format!("{} ConfigMap {name}", path.display()), config.to_owned()));
+        }
+    }
+    configs
+}
+
+#[test]
+fn every_deploy_config_validates() {
+    let configs = deploy_configs();
+    assert!(
+        configs.iter().any(|(origin, _)| origin.contains("ConfigMap")),
+        "no ConfigMap found in deploy/kubernetes"
+    );
+    let dir = temp_dir("deploy");
+    for (i, (origin, text)) in configs.iter().enumerate() {
+        let path = dir.join(format!("{i}.yaml"));
+        std::fs::write(&path, text).expect("write config");
+        let (ok, stdout) = validate(&path);
+        assert!(ok, "{origin} does not validate:\n{stdout}");
+        assert!(stdout.contains(": ok ("), "{origin}: {stdout}");
+    }
+}
+
+#[test]
+fn the_dockerfile_runs_the_config_it_ships() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).expect("Dockerfile");
+    for want in [
+        "cargo build --release --locked",
+        "COPY deploy/docker/sluice.yaml /etc/sluice/sluice.yaml",
+        "ENTRYPOINT [\"sluice\"]",
+        "CMD [\"run\", \"-c\", \"/etc/sluice/sluice.yaml\"]",
+        "CMD [\"sluice\", \"ctl\", \"health\"]",
+        "USER 10001",
+    ] {
+        assert!(dockerfile.contains(want), "the Dockerfile lacks {want:?}");
+    }
+    // The health check's admin address is the one the shipped config binds.
+    let config = std::fs::read_to_string(root.join("deploy/docker/sluice.yaml")).expect("config");
+    assert!(dockerfile.contains("ENV SLUICE_ADMIN=http://127.0.0.1:9901"));
+    assert!(config.contains("address: 127.0.0.1:9901"), "{config}");
+    // What the build needs is in the context.
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore");
+    for needed in ["src", "benches", "Cargo.toml", "Cargo.lock", "deploy/docker"] {
+        assert!(
+            !ignored.lines().any(|l| l.trim_end_matches('/') == needed),
+            ".dockerignore leaves out {needed}"
+        );
+    }
 }
 
 #[test]

@@ -293,6 +293,24 @@ fn token_file_authorizes() {
 }
 
 #[test]
+fn health_needs_no_token_and_fails_when_the_admin_is_down() {
+    let server = start(CONFIG, None, Some("s3cret"));
+    assert_eq!(ok(&server.ctl(&["health"])), "ok\n");
+    assert_eq!(
+        ok(&server.ctl(&["health", "--json"])).trim(),
+        r#"{
+  "status": "ok"
+}"#
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let down = ctl_at(&format!("http://{addr}"), &["health"]);
+    assert_eq!(down.status.code(), Some(1), "{}", stderr(&down));
+    assert!(stderr(&down).starts_with("error: cannot connect"), "{}", stderr(&down));
+}
+
+#[test]
 fn unreachable_admin_is_a_clear_error() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = closed.local_addr().expect("addr");

@@ -2,6 +2,9 @@
 //! real HTTP clients.
 
 mod admin;
+mod browser;
+mod dashboard;
+mod deploy;
 mod failures;
 mod h2;
 mod headers;
