@@ -158,6 +158,41 @@ async fn handle(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> 
     response
 }
 
+/// A browser on another site may send the API a form POST (no CORS preflight for those), which
+/// without a token would change routing. Browsers mark such requests with `Origin` (and
+/// `Sec-Fetch-Site`); a changing request from another origin than the admin listener's own is
+/// refused. Clients that are not browsers (`ctl`, curl) send neither header.
+fn refuse_cross_site(request: &Request<Incoming>) -> Result<(), ApiError> {
+    if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let headers = request.headers();
+    let refused = || {
+        ApiError(
+            StatusCode::FORBIDDEN,
+            "cross-site requests may not change anything: send it from the dashboard or ctl".to_owned(),
+        )
+    };
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|site| site.as_bytes() == b"cross-site" || site.as_bytes() == b"same-site")
+    {
+        return Err(refused());
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+    let origin_host = origin
+        .as_bytes()
+        .strip_prefix(b"http://")
+        .or_else(|| origin.as_bytes().strip_prefix(b"https://"));
+    match (origin_host, host) {
+        (Some(origin_host), Some(host)) if origin_host.eq_ignore_ascii_case(host) => Ok(()),
+        _ => Err(refused()),
+    }
+}
+
 async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> Result<Value, ApiError> {
     let path = request.uri().path().to_owned();
     let method = request.method().clone();
@@ -171,6 +206,7 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
     let Some(api) = path.strip_prefix("/api/v1/") else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no such path {path}")));
     };
+    refuse_cross_site(&request)?;
     authorize(admin, &request)?;
     if api.trim_end_matches('/') == "tls" {
         return match method {

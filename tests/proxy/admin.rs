@@ -410,3 +410,48 @@ async fn a_change_that_cannot_be_persisted_is_refused_and_publishes_nothing() {
     all_served_by(&proxy, "canary").await;
     proxy.shutdown().await;
 }
+
+/// A web page on another site cannot change routing through the operator's browser: changing
+/// requests that a browser marks as cross-site are refused, and nothing changes; the same
+/// request from the admin's own origin (the dashboard) or from a non-browser client passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_site_requests_cannot_change_anything() {
+    let (blue, canary) = (Upstream::named("blue").await, Upstream::named("canary").await);
+    let dir = temp_dir("admin-cross-site");
+    let path = dir.join("sluice.yaml");
+    write_config(
+        &path,
+        &blue_canary(blue.addr, canary.addr, "      weights: { blue: 100 }", ""),
+    );
+    let proxy = controlled(&path, Options::default()).await;
+    let client = http1_client();
+    let put = |headers: &[(&str, String)]| {
+        let mut request = http::Request::put(format!("http://{}/api/v1/services/app/weights", proxy.admin));
+        for (name, value) in headers {
+            request = request.header(*name, value.as_str());
+        }
+        send(&client, request.body(full(r#"{"canary": 100}"#)).expect("request"))
+    };
+    let own = format!("http://{}", proxy.admin);
+    for headers in [
+        vec![("origin", "http://evil.example".to_owned())],
+        vec![("origin", "null".to_owned())],
+        vec![("origin", format!("{own}.evil.example"))],
+        vec![("sec-fetch-site", "cross-site".to_owned())],
+        vec![("origin", own.clone()), ("sec-fetch-site", "same-site".to_owned())],
+    ] {
+        let (status, _, body) = put(&headers).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert!(String::from_utf8_lossy(&body).contains("cross-site"), "{headers:?}");
+    }
+    let (_, view) = proxy.api("GET", "/api/v1/services/app", None).await;
+    assert_eq!(view["service"]["weights_from"], "config", "nothing changed: {view}");
+    // The dashboard's own requests, and ctl's (no Origin), pass.
+    let (status, _, _) = put(&[("origin", own), ("sec-fetch-site", "same-origin".to_owned())]).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = proxy
+        .api("PUT", "/api/v1/services/app/weights", Some(r#"{"blue": 1}"#))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    proxy.shutdown().await;
+}
