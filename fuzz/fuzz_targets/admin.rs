@@ -2,7 +2,10 @@
 //! directory): `admin::call_for_fuzzing(control, method, "/api/v1/" path, body, query)` is what
 //! the admin listener runs once a request is authorized and its body read (JSON bodies of
 //! `PUT .../weights` and `POST .../revert`, rollout commands, history queries, views), with
-//! the rollout reconciliation pass (`Control::rollout_tick`) between calls when the input asks.
+//! the rollout reconciliation pass (`Control::rollout_tick`) between calls when the input asks,
+//! and reloads (`POST /api/v1/reload`) of the config file rewritten to one of three variants
+//! (the same; the canary's endpoints changed, which `auto_start`s the rollout; the plan and a
+//! version gone, which ends rollouts and drops overrides).
 //! Must never panic; every answer is a JSON object with a status the API documents.
 #![no_main]
 
@@ -28,6 +31,7 @@ services:
     rollout:
       baseline: blue
       canary: canary
+      auto_start: true
       steps:
         - { weight: 5 }
         - { approval: true }
@@ -48,6 +52,23 @@ services:
       rules:
         - { match: { header: { name: x-b, present: true } }, version: b }
 "#;
+
+/// `CONFIG` with the canary moved: a reload starts the rollout (`auto_start`).
+fn config_moved() -> String {
+    CONFIG.replace("127.0.0.1:9101", "127.0.0.1:9102")
+}
+
+/// `CONFIG` without the rollout plan and without version `b` of `web`.
+fn config_cut() -> String {
+    let without_plan = match (CONFIG.find("    rollout:"), CONFIG.find("  - name: web")) {
+        (Some(start), Some(end)) => format!("{}{}", &CONFIG[..start], &CONFIG[end..]),
+        _ => unreachable!("CONFIG has a rollout plan and a web service"),
+    };
+    without_plan
+        .replace("      b: { endpoints: [127.0.0.1:9302] }\n", "")
+        .replace("{ a: 1, b: 1 }", "{ a: 1 }")
+        .replace("version: b }", "version: a }")
+}
 
 const SERVICES: [&str; 3] = ["app", "web", "nope"];
 const VERSIONS: [&str; 5] = ["blue", "canary", "extra", "a", "b"];
@@ -146,6 +167,9 @@ enum Call {
     },
     /// One pass of the rollout reconciliation loop.
     Tick,
+    /// Rewrites the config file (0: as started, 1: canary moved, 2: plan and a version cut),
+    /// then `POST /api/v1/reload`.
+    Reload(u8),
 }
 
 fn method(selector: u8) -> Method {
@@ -172,33 +196,58 @@ fn api_path(path: &Path) -> String {
     }
 }
 
+fn config_file() -> &'static std::path::Path {
+    static FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    FILE.get_or_init(|| std::env::temp_dir().join(format!("sluice-fuzz-admin-{}.yaml", std::process::id())))
+}
+
 fuzz_target!(|calls: Vec<Call>| {
     if calls.len() > 32 {
         return;
     }
+    let file = config_file();
     static PARSED: std::sync::OnceLock<sluice::Config> = std::sync::OnceLock::new();
     let config = PARSED
-        .get_or_init(|| sluice::config::parse(CONFIG).expect("the fuzz config is valid"))
+        .get_or_init(|| {
+            for variant in [config_moved(), config_cut()] {
+                sluice::config::parse(&variant).expect("the fuzz config's variants are valid");
+            }
+            sluice::config::parse(CONFIG).expect("the fuzz config is valid")
+        })
         .clone();
-    let control = Control::start(config, Some(CONFIG.to_owned()), None).expect("in-memory control starts");
+    // Each input starts from the same file: reloads must not see the last input's variant.
+    std::fs::write(file, CONFIG).expect("write the fuzz config file");
+    let control =
+        Control::start(config, Some(CONFIG.to_owned()), Some(file.to_owned())).expect("in-memory control starts");
     for call in &calls {
-        let Call::Api {
-            method: m,
-            path,
-            trailing_slash,
-            body,
-            query,
-        } = call
-        else {
-            control.rollout_tick();
-            continue;
+        let (status, answer) = match call {
+            Call::Tick => {
+                control.rollout_tick();
+                continue;
+            }
+            Call::Reload(variant) => {
+                let text = match variant % 3 {
+                    0 => CONFIG.to_owned(),
+                    1 => config_moved(),
+                    _ => config_cut(),
+                };
+                std::fs::write(file, text).expect("write the fuzz config file");
+                sluice::admin::call_for_fuzzing(&control, &Method::POST, "reload", b"", None)
+            }
+            Call::Api {
+                method: m,
+                path,
+                trailing_slash,
+                body,
+                query,
+            } => {
+                let mut api = api_path(path);
+                if *trailing_slash {
+                    api.push('/');
+                }
+                sluice::admin::call_for_fuzzing(&control, &method(*m), &api, &body.bytes(), query.as_deref())
+            }
         };
-        let mut api = api_path(path);
-        if *trailing_slash {
-            api.push('/');
-        }
-        let (status, answer) =
-            sluice::admin::call_for_fuzzing(&control, &method(*m), &api, &body.bytes(), query.as_deref());
         assert!(answer.is_object(), "{status}: {answer}");
         assert!(
             matches!(
