@@ -326,6 +326,24 @@ fn api_call(
     }
 }
 
+/// One `/api/v1/{api}` call as the admin listener makes it once the request is authorized and
+/// its body read: the status and the JSON answer. Not part of the API: for the fuzz targets
+/// (`fuzz/fuzz_targets/admin.rs`) and tests, which drive a `Control` without sockets.
+#[doc(hidden)]
+pub fn call_for_fuzzing(
+    control: &Control,
+    method: &Method,
+    api: &str,
+    body: &[u8],
+    query: Option<&str>,
+) -> (StatusCode, Value) {
+    let body = Bytes::copy_from_slice(body);
+    match api_call(control, method, api, &body, query, "admin fuzz".to_owned()) {
+        Ok(value) => (StatusCode::OK, value),
+        Err(ApiError(status, message)) => (status, json!({ "error": message })),
+    }
+}
+
 fn method_not_allowed(allowed: &str) -> ApiError {
     ApiError(
         StatusCode::METHOD_NOT_ALLOWED,
