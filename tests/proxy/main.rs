@@ -3,6 +3,7 @@
 
 mod admin;
 mod failures;
+mod flags;
 mod h2;
 mod headers;
 mod health;
