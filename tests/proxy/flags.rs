@@ -2,6 +2,8 @@
 //! independence, the kill switch, `x-sluice-flags` hygiene, version rules matching a flag,
 //! metrics, and overrides that survive a restart.
 
+use std::sync::{Arc, Mutex};
+
 use http::{Request, Response, StatusCode};
 use serde_json::Value;
 
@@ -257,14 +259,43 @@ async fn flags_kill_switch_takes_effect_on_the_next_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_a_client_sent_header_never_reaches_the_upstream() {
-    let flags = "      on: { percent: 100 }\n      off: { percent: 0 }\n";
-    let (proxy, _blue, _canary) = start("flags-spoof", "      weights: { blue: 1 }", flags, "").await;
+    // The canary is a shadow of every request: it records the x-sluice-flags it is sent.
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let shadow = {
+        let seen = Arc::clone(&seen);
+        Upstream::start(move |request| {
+            let value = request
+                .headers()
+                .get_all("x-sluice-flags")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect::<Vec<_>>()
+                .join("|");
+            seen.lock().expect("seen").push(value);
+            async move { Response::new(full("shadow")) }
+        })
+        .await
+    };
+    let blue = echo("blue").await;
+    let path = temp_dir("flags-spoof").join("sluice.yaml");
+    let flags = "    mirror: [{ version: canary, percent: 100 }]\n    flags:\n      on: { percent: 100 }\n      off: { percent: 0 }\n";
+    write_config(
+        &path,
+        &(blue_canary(blue.addr, shadow.addr, "      weights: { blue: 1 }", "") + flags),
+    );
+    let proxy = controlled(&path, Options::default()).await;
     let client = http1_client();
     let spoofed = [("x-sluice-flags", "off,admin"), ("x-sluice-flags", "off")];
     assert_eq!(
         ask(&proxy, &client, &spoofed).await.1,
         "on",
         "sluice's value replaces the client's"
+    );
+    wait_until("the shadow gets its copy", || seen.lock().expect("seen").len() == 1).await;
+    assert_eq!(
+        seen.lock().expect("seen")[0],
+        "on",
+        "the shadow gets the primary's flags"
     );
     let (status, _) = proxy
         .api("PUT", "/api/v1/services/app/flags/on", Some(r#"{"enabled": false}"#))
@@ -284,6 +315,8 @@ async fn flags_a_client_sent_header_never_reaches_the_upstream() {
         (status, String::from_utf8_lossy(&body).into_owned())
     };
     assert_eq!(h2, "blue -", "over HTTP/2 too");
+    wait_until("the shadow gets every copy", || seen.lock().expect("seen").len() == 3).await;
+    assert_eq!(seen.lock().expect("seen")[1..], ["", ""], "nor do the shadow's copies");
     proxy.shutdown().await;
 }
 
@@ -381,6 +414,27 @@ async fn flags_overrides_survive_a_restart() {
         causes,
         ["config", "admin", "admin", "config"],
         "history survives the restart"
+    );
+
+    // A reload that removes a flag drops its override, and says so.
+    let flags = "    flags:\n      f: { percent: 0 }\n";
+    write_config(
+        &path,
+        &(blue_canary(blue.addr, canary.addr, "      weights: { blue: 1 }", &extra) + flags),
+    );
+    let (status, reload) = restarted.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, StatusCode::OK, "{reload}");
+    let warned = reload["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(Value::as_str)
+        .any(|w| w.contains("dropping the override of flag \"g\" of \"app\""));
+    assert!(warned, "{reload}");
+    assert_eq!(
+        ask(&restarted, &http1_client(), &[]).await.1,
+        "f",
+        "f keeps its override"
     );
     restarted.shutdown().await;
 }
