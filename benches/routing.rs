@@ -1,5 +1,7 @@
 //! The routing decision (service by host and path, then rules + sticky + weights) and its
-//! parts, on a table with three services, three rules, a sticky key and three versions.
+//! parts, on a table with three services, three rules, a sticky key and three versions; then the
+//! same with five feature flags on the service (decided before the version, one of them
+//! matched by a version rule) and the `x-sluice-flags` value.
 //! Target: the whole decision under 200 ns.
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -31,6 +33,16 @@ services:
         - { match: { header: { name: x-debug, present: true } }, version: green }
         - { match: { cookie: { name: beta, value: "1" } }, version: canary }
       sticky: { cookie: sluice-checkout, hash_key: "header:x-user-id", ttl: 1h }
+"#;
+
+/// The checkout service's five flags: keyed by the sticky hash_key, by a cookie, with a
+/// targeting rule, at 100% and killed; a version rule matches `beta-search`.
+const FLAGS: &str = r#"    flags:
+      new-pricing: { percent: 10 }
+      dark-mode: { percent: 50, key: "cookie:session" }
+      beta-search: { percent: 5, rules: [{ match: { header: { name: x-internal, value: "1" } }, value: on }] }
+      one-click: { percent: 100 }
+      legacy-cart: { percent: 30, enabled: false }
 "#;
 
 fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
@@ -99,6 +111,44 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("sticky::bucket (16-byte key)", |b| {
         b.iter(|| sluice::sticky::bucket(black_box(b"user-4711-abcdef")))
+    });
+
+    let flagged = CONFIG.replace(
+        "        - { match: { cookie: { name: beta, value: \"1\" } }, version: canary }\n",
+        "        - { match: { cookie: { name: beta, value: \"1\" } }, version: canary }\n        - { match: { flag: beta-search }, version: canary }\n",
+    ) + FLAGS;
+    let config = sluice::config::parse(&flagged).expect("bench config with flags");
+    let routing = Routing::new(&config);
+    let table = routing.load_full();
+    assert_eq!(table.service("checkout").expect("checkout").flags.list.len(), 5);
+    c.bench_function(
+        "decision + 5 flags: route + flags + rules + sticky key + weights",
+        |b| {
+            b.iter(|| {
+                let service = router::route(
+                    &table,
+                    Some(black_box("checkout.example.com")),
+                    black_box("/cart/items"),
+                );
+                split::choose(service.expect("service"), black_box(&typical))
+            })
+        },
+    );
+    c.bench_function("decision + 5 flags + x-sluice-flags value", |b| {
+        b.iter(|| {
+            let service = router::route(
+                &table,
+                Some(black_box("checkout.example.com")),
+                black_box("/cart/items"),
+            )
+            .expect("service");
+            let choice = split::choose(service, black_box(&typical)).expect("choice");
+            service.flags.header(choice.flags)
+        })
+    });
+    let checkout = table.service("checkout").expect("checkout");
+    c.bench_function("part: flags evaluate (5 flags)", |b| {
+        b.iter(|| checkout.flags.evaluate(black_box(&typical)))
     });
 }
 

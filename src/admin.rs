@@ -284,6 +284,11 @@ fn api_call(
             let revision = control.set_weights(name, &weights, actor)?;
             Ok(service_after(control, name, revision))
         }
+        (&Method::PUT, ["services", name, "flags", flag]) => {
+            let change = crate::flags::FlagOverride::from_json(&parse_json(body)?).map_err(bad_request)?;
+            let revision = control.set_flag(name, flag, change, actor)?;
+            Ok(service_after(control, name, revision))
+        }
         (&Method::POST, ["services", name, "revert"]) => {
             let target = parse_json(body)?
                 .get("revision")
@@ -320,7 +325,7 @@ fn api_call(
         (_, ["services"] | ["services", _] | ["services", _, "stats"] | ["history"] | ["config"]) => {
             Err(method_not_allowed("GET"))
         }
-        (_, ["services", _, "weights"]) => Err(method_not_allowed("PUT")),
+        (_, ["services", _, "weights"] | ["services", _, "flags", _]) => Err(method_not_allowed("PUT")),
         (_, ["services", _, "revert"] | ["services", _, "rollout", _] | ["reload"]) => Err(method_not_allowed("POST")),
         _ => Err(ApiError(StatusCode::NOT_FOUND, format!("no such path {path}"))),
     }
@@ -478,6 +483,7 @@ pub fn service_view(control: &Control, service: &Service) -> Value {
                     json!({ "header": { "name": name.as_str(), "present": true } })
                 }
                 RuleMatch::Cookie { name, value } => json!({ "cookie": { "name": name, "value": value } }),
+                RuleMatch::Flag(_) => crate::flags::match_view(&rule.matcher, &service.flags),
             };
             json!({ "match": matcher, "version": &*service.versions[rule.version].name })
         })
@@ -500,6 +506,7 @@ pub fn service_view(control: &Control, service: &Service) -> Value {
         "sticky": sticky,
         "mirror": service.mirrors.iter().map(|m| mirror_view(m)).collect::<Vec<Value>>(),
         "rollout": control.rollout_view(service),
+        "flags": service.flags.view(),
     })
 }
 

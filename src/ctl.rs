@@ -73,6 +73,17 @@ pub enum CtlCommand {
     /// Check that the admin listener is alive (`GET /healthz`, no token needed): exit 0 when it
     /// answers, 1 when not. For container health checks, where no HTTP client is installed.
     Health,
+    /// Change SERVICE's feature flag FLAG: `on` or `off` (the kill switch), or the PERCENT of
+    /// keys that get it (0 to 100, decimals allowed; the kill switch is left as it is).
+    Flag {
+        /// The service.
+        service: String,
+        /// The flag.
+        flag: String,
+        /// `on`, `off` or a percent such as `25` or `2.5%`.
+        #[arg(value_name = "on|off|PERCENT", value_parser = parse_flag_value)]
+        value: Value,
+    },
     /// Drive SERVICE's rollout: start, pause, resume (also passes an approval step), promote, abort.
     Rollout {
         /// What to do.
@@ -311,6 +322,20 @@ fn parse_weight(arg: &str) -> Result<(String, u64), String> {
     Ok((version.to_owned(), weight))
 }
 
+/// Parses `on`, `off` or a percent into the body of `PUT .../flags/{flag}`.
+fn parse_flag_value(arg: &str) -> Result<Value, String> {
+    match arg {
+        "on" => return Ok(json!({ "enabled": true })),
+        "off" => return Ok(json!({ "enabled": false })),
+        _ => {}
+    }
+    let number = arg.strip_suffix('%').unwrap_or(arg);
+    match number.parse::<f64>() {
+        Ok(percent) if (0.0..=100.0).contains(&percent) => Ok(json!({ "percent": percent })),
+        _ => Err(format!("expected on, off or a percent from 0 to 100, got \"{arg}\"")),
+    }
+}
+
 /// The method, path and body of the admin API call behind `command`.
 fn plan(command: &CtlCommand) -> Result<(Method, String, Option<Value>), Failure> {
     Ok(match command {
@@ -336,6 +361,10 @@ fn plan(command: &CtlCommand) -> Result<(Method, String, Option<Value>), Failure
         }
         CtlCommand::Reload => (Method::POST, "/api/v1/reload".into(), None),
         CtlCommand::Health => (Method::GET, "/healthz".into(), None),
+        CtlCommand::Flag { service, flag, value } => {
+            let path = format!("/api/v1/services/{}/flags/{}", encode(service), encode(flag));
+            (Method::PUT, path, Some(value.clone()))
+        }
         CtlCommand::Rollout { action, service } => {
             let path = format!("/api/v1/services/{}/rollout/{}", encode(service), action.as_str());
             (Method::POST, path, None)
@@ -457,8 +486,37 @@ fn render(command: &CtlCommand, answer: &Value) -> String {
         CtlCommand::History { service } => history_table(answer, service.as_deref()),
         CtlCommand::Reload => reload_report(answer),
         CtlCommand::Health => format!("{}\n", text(&answer["status"])),
+        CtlCommand::Flag { flag, .. } => flag_report(answer, flag),
         CtlCommand::Rollout { .. } | CtlCommand::Watch { .. } => rollout_report(answer),
     }
+}
+
+/// A flag change's outcome: the flag's state now.
+fn flag_report(answer: &Value, flag: &str) -> String {
+    let service = &answer["service"];
+    let state = service["flags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["name"] == flag);
+    let Some(state) = state else {
+        return format!(
+            "{}: flag {flag} not shown (revision {})\n",
+            text(&service["name"]),
+            text(&answer["revision"])
+        );
+    };
+    let on = if state["enabled"] == true {
+        "enabled"
+    } else {
+        "off for everyone (enabled: false)"
+    };
+    format!(
+        "{}: flag {flag} {on}, {}% of keys (revision {})\n",
+        text(&service["name"]),
+        text(&state["percent"]),
+        text(&answer["revision"])
+    )
 }
 
 /// A rollout command's outcome: state, step, reason and the weights now.
@@ -611,6 +669,11 @@ mod tests {
             Some("http://10.0.0.1:1")
         );
         assert!(admin_url(Some("https://x:1".into())).is_err());
+        assert_eq!(parse_flag_value("off"), Ok(json!({ "enabled": false })));
+        assert_eq!(parse_flag_value("2.5%"), Ok(json!({ "percent": 2.5 })));
+        for bad in ["101", "-1", "half", "ON"] {
+            assert!(parse_flag_value(bad).is_err(), "{bad}");
+        }
         let rows = [vec!["a".into(), "long cell".into()], vec!["bbb".into(), "c".into()]];
         assert_eq!(table(&["X", "Y"], &rows), "X    Y\na    long cell\nbbb  c\n");
         assert_eq!(encode("a b/ü"), "a%20b%2F%C3%BC");

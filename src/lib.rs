@@ -7,6 +7,7 @@
 //! - [`admission`]: `max_connections` and `max_in_flight`; what is over them is shed.
 //! - [`proxy`]: the handler, `route → split → pick endpoint → forward → respond`.
 //! - [`router`]: which service, by host and path prefix.
+//! - [`flags`]: which feature flags are on (decided before the version; `x-sluice-flags`).
 //! - [`split`]: which version: [`rules`], then [`sticky`] cookie or key bucket, then weight.
 //! - [`upstream`]: which endpoint (power of two choices), pooled connections, sending.
 //! - [`forward`]: hop-by-hop removal and `X-Forwarded-*`.
@@ -41,6 +42,7 @@ pub mod control;
 pub mod ctl;
 pub mod demo;
 pub mod error;
+pub mod flags;
 pub mod forward;
 pub mod health;
 pub mod listener;

@@ -1,5 +1,5 @@
 //! The request handler: one request through the pipeline
-//! `route → split → pick endpoint → forward → respond`.
+//! `route → flags + split → pick endpoint → forward → respond`.
 //!
 //! [`Proxy::handle`] turns every error into a synthetic response (the hyper service never
 //! fails); [`Proxy::handle_inner`] is the straight `?` chain of the stages.
@@ -17,6 +17,7 @@ use crate::admission::ConnectionPermit;
 use crate::body::{Completion, ResponseBody};
 use crate::config::Protocol;
 use crate::error::ProxyError;
+use crate::flags;
 use crate::forward::{self, ClientInfo};
 use crate::metrics;
 use crate::mirror::{self, PrimaryReport};
@@ -119,6 +120,11 @@ impl Proxy {
         forward::set_forwarded(&mut parts.headers, client, host.as_ref());
         // Only sluice marks copies: a client must not make the primary think it is a shadow.
         parts.headers.remove(&mirror::X_SLUICE_SHADOW);
+        // Nor turn flags on: the upstream sees only sluice's decision (shadows get it too).
+        parts.headers.remove(&flags::X_SLUICE_FLAGS);
+        if let Some(value) = service.flags.header(choice.flags) {
+            parts.headers.insert(&flags::X_SLUICE_FLAGS, value);
+        }
         let client_version = parts.version;
         // An upgrade (WebSocket) is a conversation, not a request: it is never copied.
         let tee = if service.mirrors.is_empty() || upgrade {

@@ -1,19 +1,29 @@
-//! Request path, step 2: header and cookie rules, first match wins, before any weight.
+//! Request path, step 2: header, cookie and flag rules, first match wins, before any weight.
+//! Flags' targeting rules use the same header and cookie matches.
 
 use http::header::{HeaderMap, COOKIE};
 
 use crate::config::{RuleMatch, RuleSpec};
+use crate::flags::FlagSet;
 
-/// The version of the first rule `headers` match, if any.
+/// The version of the first rule `headers` match, if any, with no flag on.
 pub fn first_match(rules: &[RuleSpec], headers: &HeaderMap) -> Option<usize> {
+    first_match_with_flags(rules, headers, FlagSet::EMPTY)
+}
+
+/// The version of the first rule the request matches, given its headers and the flags that are
+/// on for it (flags are decided before the version).
+pub fn first_match_with_flags(rules: &[RuleSpec], headers: &HeaderMap, flags: FlagSet) -> Option<usize> {
     rules
         .iter()
-        .find(|rule| matches(&rule.matcher, headers))
+        .find(|rule| matches(&rule.matcher, headers, flags))
         .map(|rule| rule.version)
 }
 
-fn matches(matcher: &RuleMatch, headers: &HeaderMap) -> bool {
+/// Whether a request with `headers` and `flags` on matches `matcher`.
+pub fn matches(matcher: &RuleMatch, headers: &HeaderMap, flags: FlagSet) -> bool {
     match matcher {
+        RuleMatch::Flag(index) => flags.contains(*index),
         RuleMatch::Header { name, value: None } => headers.contains_key(name),
         RuleMatch::Header {
             name,
@@ -101,6 +111,21 @@ mod tests {
         for (pairs, want) in cases {
             assert_eq!(first_match(&rules(), &headers(pairs)), want, "{pairs:?}");
         }
+    }
+
+    #[test]
+    fn flag_rules_match_the_flags_that_are_on() {
+        let rules = vec![RuleSpec {
+            matcher: RuleMatch::Flag(3),
+            version: 1,
+        }];
+        let none = HeaderMap::new();
+        assert_eq!(first_match(&rules, &none), None, "no flag on");
+        let mut on = FlagSet::EMPTY;
+        on.insert(2);
+        assert_eq!(first_match_with_flags(&rules, &none, on), None, "another flag on");
+        on.insert(3);
+        assert_eq!(first_match_with_flags(&rules, &none, on), Some(1));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Request path, steps 2–4: which version serves a request. Rules first, then a sticky
+//! Request path, steps 2–4: which version serves a request. The service's feature flags are
+//! decided first ([`crate::flags`]), then rules (which may match a flag), then a sticky
 //! cookie, then the bucket of a sticky key, then a random pick by weight.
 //!
 //! Built once per table (cumulative weights and bucket bounds), so a decision is a few
@@ -12,6 +13,7 @@
 
 use http::HeaderMap;
 
+use crate::flags::FlagSet;
 use crate::sticky::{self, BUCKETS};
 use crate::table::Service;
 
@@ -30,6 +32,8 @@ pub struct Choice {
     pub version: usize,
     /// A new sticky assignment: the response sets the sticky cookie.
     pub set_cookie: bool,
+    /// The service's flags that are on for this request.
+    pub flags: FlagSet,
 }
 
 impl Split {
@@ -96,20 +100,20 @@ impl Split {
     }
 }
 
-/// Decides the version for a request to `service`: rules, then sticky cookie, then sticky
-/// key bucket, then weights.
+/// Decides the flags, then the version for a request to `service`: rules, then sticky cookie,
+/// then sticky key bucket, then weights. `None` when no version can serve.
 pub fn choose(service: &Service, headers: &HeaderMap) -> Option<Choice> {
-    if let Some(version) = crate::rules::first_match(&service.rules, headers) {
-        return Some(Choice {
-            version,
-            set_cookie: false,
-        });
+    let flags = service.flags.evaluate(headers);
+    let chosen = |version, set_cookie| Choice {
+        version,
+        set_cookie,
+        flags,
+    };
+    if let Some(version) = crate::rules::first_match_with_flags(&service.rules, headers, flags) {
+        return Some(chosen(version, false));
     }
     let Some(sticky_spec) = &service.sticky else {
-        return service.split.pick().map(|version| Choice {
-            version,
-            set_cookie: false,
-        });
+        return service.split.pick().map(|version| chosen(version, false));
     };
     if let Some(pinned) = crate::rules::cookie_value(headers, &sticky_spec.cookie) {
         if let Some(version) = service
@@ -117,20 +121,14 @@ pub fn choose(service: &Service, headers: &HeaderMap) -> Option<Choice> {
             .iter()
             .position(|v| v.sticky_valid && &*v.name == pinned)
         {
-            return Some(Choice {
-                version,
-                set_cookie: false,
-            });
+            return Some(chosen(version, false));
         }
     }
     let version = match sticky_spec.key.as_ref().and_then(|source| sticky::key(source, headers)) {
         Some(key) => service.split.owner(sticky::bucket(key)),
         None => service.split.pick(),
     }?;
-    Some(Choice {
-        version,
-        set_cookie: true,
-    })
+    Some(chosen(version, true))
 }
 
 #[cfg(test)]

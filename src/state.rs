@@ -1,5 +1,5 @@
-//! What survives a restart, in `state_dir`: `state.json` (revision counter and weight
-//! overrides), rewritten atomically on every change (write, fsync, rename, fsync the
+//! What survives a restart, in `state_dir`: `state.json` (revision counter, weight and flag
+//! overrides, rollouts), rewritten atomically on every change (write, fsync, rename, fsync the
 //! directory), and `history.jsonl`, an append-only log with one routing-table revision a line.
 
 use std::fs::{self, File, OpenOptions};
@@ -28,6 +28,9 @@ pub struct SavedState {
     /// Each service's rollout, active or finished.
     #[serde(default)]
     pub rollouts: std::collections::BTreeMap<String, crate::rollout::RolloutState>,
+    /// Feature flag overrides in force (admin `PUT .../flags/{flag}`).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub flags: crate::flags::FlagOverrides,
 }
 
 /// The files in `state_dir`.
@@ -147,6 +150,7 @@ mod tests {
             cause: Cause::Config,
             actor: String::new(),
             weights: Default::default(),
+            flags: Default::default(),
             changed: Vec::new(),
         };
         for revision in 1..=(2 * HISTORY_KEPT as u64 + 5) {
@@ -183,6 +187,7 @@ mod tests {
                 revision: 7,
                 overrides: overrides.clone(),
                 rollouts: Default::default(),
+                flags: Default::default(),
             })
             .expect("save");
         let entry = HistoryEntry {
@@ -191,6 +196,7 @@ mod tests {
             cause: Cause::Admin,
             actor: "test".into(),
             weights: Default::default(),
+            flags: Default::default(),
             changed: vec!["checkout".into()],
         };
         store.append(&entry).expect("append");

@@ -15,20 +15,26 @@ use crate::rules::cookie_value;
 /// Buckets a key falls into.
 pub const BUCKETS: u32 = 10_000;
 
-const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
+/// FNV-1a's 64-bit offset basis: the hash of no bytes.
+pub(crate) const FNV_OFFSET_BASIS: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The stable bucket of `key`, in `[0, BUCKETS)`.
 pub fn bucket(key: &[u8]) -> u32 {
-    let mut hash = FNV_OFFSET_BASIS;
-    for &byte in key {
+    (fmix64(fnv1a(FNV_OFFSET_BASIS, key)) % u64::from(BUCKETS)) as u32
+}
+
+/// FNV-1a over `bytes`, continuing from `hash` (so a prefix can be hashed once, ahead of time).
+pub(crate) fn fnv1a(mut hash: u64, bytes: &[u8]) -> u64 {
+    for &byte in bytes {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(FNV_PRIME);
     }
-    (fmix64(hash) % u64::from(BUCKETS)) as u32
+    hash
 }
 
-fn fmix64(mut h: u64) -> u64 {
+/// MurmurHash3's 64-bit finalizer: spreads similar inputs evenly.
+pub(crate) fn fmix64(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

@@ -12,6 +12,7 @@ use arc_swap::{ArcSwap, Guard};
 use http::HeaderValue;
 
 use crate::config::{Config, HostPattern, Limits, Protocol, ServiceSpec};
+use crate::flags::FlagOverrides;
 use crate::metrics::{Metrics, Role, VersionMetrics};
 use crate::split::Split;
 use crate::upstream::{Endpoint, Upstreams};
@@ -93,6 +94,8 @@ pub struct Service {
     /// The rollout plan, and the rollout's state when this table was published (so the admin
     /// API shows weights and rollout state of one revision together).
     pub rollout: Option<(crate::config::RolloutSpec, Option<crate::rollout::RolloutState>)>,
+    /// Feature flags, decided before the version (file values with admin overrides applied).
+    pub flags: crate::flags::Flags,
 }
 
 /// Each service's rollout state, active or finished.
@@ -148,11 +151,38 @@ impl RoutingTable {
         revision: u64,
         cause: Cause,
     ) -> Self {
+        Self::build_with_flags(
+            config,
+            overrides,
+            &FlagOverrides::new(),
+            rollouts,
+            registries,
+            revision,
+            cause,
+        )
+    }
+
+    /// [`RoutingTable::build`] with the flag overrides in force too.
+    pub fn build_with_flags(
+        config: &Config,
+        overrides: &Overrides,
+        flag_overrides: &FlagOverrides,
+        rollouts: &Rollouts,
+        registries: &Registries,
+        revision: u64,
+        cause: Cause,
+    ) -> Self {
         let services = config
             .services
             .iter()
             .map(|spec| {
                 let mut service = Service::build(spec, overrides.get(&spec.name), registries);
+                service.flags = crate::flags::Flags::build(
+                    &service.name,
+                    &spec.flags,
+                    flag_overrides.get(&spec.name),
+                    &registries.metrics,
+                );
                 service.rollout = spec
                     .rollout
                     .clone()
@@ -249,6 +279,7 @@ impl Service {
             outlier_detection: spec.outlier_detection.clone(),
             overridden: weights.is_some(),
             rollout: None,
+            flags: crate::flags::Flags::default(),
         }
     }
 

@@ -409,3 +409,45 @@ fn rollout_commands_and_watch() {
     let bad = server.ctl(&["watch", "app", "--interval", "1ms"]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+#[test]
+fn flag_turns_a_flag_off_and_on_and_sets_its_percent() {
+    let yaml = format!("{CONFIG}    flags: {{ f: {{ percent: 10 }} }}\n");
+    let server = start(&yaml, None, None);
+    let flag = |server: &Server| {
+        let table = server.control.routing().load();
+        let f = &table.service("api").expect("api").flags.list[0];
+        (f.enabled, f.ppm)
+    };
+    let out = ok(&server.ctl(&["flag", "api", "f", "off"]));
+    assert_eq!(
+        out,
+        "api: flag f off for everyone (enabled: false), 10.0% of keys (revision 2)\n"
+    );
+    assert_eq!(flag(&server), (false, 100_000));
+    let out = ok(&server.ctl(&["flag", "api", "f", "2.5%"]));
+    assert_eq!(
+        out,
+        "api: flag f off for everyone (enabled: false), 2.5% of keys (revision 3)\n"
+    );
+    let out = ok(&server.ctl(&["flag", "api", "f", "on"]));
+    assert_eq!(out, "api: flag f enabled, 2.5% of keys (revision 4)\n");
+    assert_eq!(flag(&server), (true, 25_000));
+
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(&server.ctl(&["--json", "flag", "api", "f", "100"]))).expect("--json prints JSON");
+    assert_eq!(json["service"]["flags"][0]["percent"], 100.0);
+    let history = server.control.history(Some("api"));
+    assert_eq!(history[0].actor.rsplit_once("(flag ").map(|(_, a)| a), Some("f: 100%)"));
+
+    let unknown = server.ctl(&["flag", "api", "nope", "on"]);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("unknown flag \"nope\" of \"api\" (flags: f)"),
+        "{}",
+        stderr(&unknown)
+    );
+    let bad = server.ctl(&["flag", "api", "f", "150"]);
+    assert_eq!(bad.status.code(), Some(2), "bad usage: {}", stderr(&bad));
+    assert_eq!(flag(&server), (true, 1_000_000), "refusals change nothing");
+}

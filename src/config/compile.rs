@@ -209,7 +209,7 @@ fn compile_admin(raw: &RawConfig, listeners: &[ListenerConfig], errors: &mut Err
 }
 
 /// A name usable in a header value, a metric label and a URL path segment.
-fn valid_name(name: &str) -> bool {
+pub(super) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && name
@@ -347,12 +347,15 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
     }
 
     let names: Vec<&str> = raw.versions.keys().map(String::as_str).collect();
-    let rules = super::routing::compile_rules(&at, &raw.routing.rules, &names, errors);
     let sticky = raw
         .routing
         .sticky
         .as_ref()
         .and_then(|s| super::routing::compile_sticky(&at, s, errors));
+    let sticky_key = sticky.as_ref().and_then(|s| s.key.clone());
+    let flags = super::flags::compile_flags(&at, &raw.flags, sticky_key.as_ref(), errors);
+    let flag_names: Vec<&str> = raw.flags.keys().map(String::as_str).collect();
+    let rules = super::routing::compile_rules(&at, &raw.routing.rules, &names, &flag_names, errors);
     let mirrors = super::routing::compile_mirrors(&at, &raw.mirror, &names, errors);
     let outlier_detection = raw
         .outlier_detection
@@ -374,6 +377,7 @@ fn compile_service(i: usize, raw: &RawService, errors: &mut Errors, warnings: &m
         mirrors,
         outlier_detection,
         rollout,
+        flags,
     })
 }
 
@@ -441,12 +445,12 @@ services:
     #[test]
     fn unknown_fields_are_errors_not_ignored() {
         let yaml = format!(
-            "{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n    flags: {{}}\n"
+            "{BASE}services:\n  - name: a\n    versions: {{ blue: {{ endpoints: [127.0.0.1:1] }} }}\n    canaries: {{}}\n"
         );
         let errors = errors_of(&yaml);
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(
-            errors[0].starts_with("services[0]: unknown field `flags`"),
+            errors[0].starts_with("services[0]: unknown field `canaries`"),
             "{errors:?}"
         );
     }

@@ -5,6 +5,7 @@
 //! YAML path and the fix, and all of them are reported at once.
 
 mod compile;
+mod flags;
 mod limits;
 pub mod raw;
 pub mod rollout;
@@ -17,6 +18,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub use compile::compile;
+pub use flags::{percent_to_ppm, ppm_to_percent};
 pub use rollout::{Guardrails, OnBreach, RolloutSpec, Step};
 pub use units::EndpointAddr;
 
@@ -204,6 +206,37 @@ pub struct ServiceSpec {
     pub outlier_detection: Option<OutlierSpec>,
     /// The rollout plan, if any.
     pub rollout: Option<RolloutSpec>,
+    /// Feature flags in file order (at most [`MAX_FLAGS`]).
+    pub flags: Vec<FlagSpec>,
+}
+
+/// Most flags a service may have: a request's flags are one 64-bit set.
+pub const MAX_FLAGS: usize = 64;
+
+/// A validated feature flag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagSpec {
+    /// Name: a header token, metric label and URL path segment.
+    pub name: String,
+    /// Share of buckets for which the flag is on, in millionths (percent × 10 000, rounded).
+    pub ppm: u32,
+    /// Bucketing key, the sticky `hash_key` when not given; `None`: random per request.
+    pub key: Option<KeySource>,
+    /// Whether `key` was written on the flag (else it is the sticky `hash_key`, or none).
+    pub key_configured: bool,
+    /// Targeting rules, first match wins.
+    pub rules: Vec<FlagRuleSpec>,
+    /// `false`: off for everyone.
+    pub enabled: bool,
+}
+
+/// A flag's targeting rule: requests matching `matcher` get the flag `on` (or off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlagRuleSpec {
+    /// What the request must carry (header or cookie).
+    pub matcher: RuleMatch,
+    /// Forced value.
+    pub on: bool,
 }
 
 /// Passive outlier detection: `consecutive_failures` in a row eject an endpoint for `ejection`,
@@ -272,6 +305,8 @@ pub enum RuleMatch {
         /// Exact value.
         value: String,
     },
+    /// The service's flag at this index is on for the request (version rules only).
+    Flag(usize),
 }
 
 /// Sticky-session settings of a service.

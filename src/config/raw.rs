@@ -149,6 +149,45 @@ pub struct RawService {
     pub outlier_detection: Option<RawOutlierDetection>,
     /// A canary or blue/green rollout plan with its guardrails.
     pub rollout: Option<RawRollout>,
+    /// Feature flags by name, in file order (the order of `x-sluice-flags`).
+    #[serde(default)]
+    pub flags: IndexMap<String, RawFlag>,
+}
+
+/// `services[i].flags.NAME`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlag {
+    /// Share of keys for which the flag is on, 0 to 100, decimals allowed; default 0.
+    pub percent: Option<f64>,
+    /// `header:NAME` or `cookie:NAME`; default: the sticky `hash_key`, else random per request.
+    pub key: Option<String>,
+    /// Targeting, first match wins, before `percent`: force the flag on or off.
+    #[serde(default)]
+    pub rules: Vec<RawFlagRule>,
+    /// Kill switch: `false` turns the flag off for everyone, rules included; default true.
+    pub enabled: Option<bool>,
+}
+
+/// `services[i].flags.NAME.rules[j]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlagRule {
+    /// What the request must carry (`header` or `cookie`).
+    #[serde(rename = "match")]
+    pub matcher: RawRuleMatch,
+    /// `on` or `off` (YAML booleans are accepted too).
+    pub value: RawFlagValue,
+}
+
+/// A flag rule's `value`: `on`/`off` as written, or a YAML boolean.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawFlagValue {
+    /// `true` / `false`.
+    Bool(bool),
+    /// `on` / `off`.
+    Text(String),
 }
 
 /// `services[i].rollout`.
@@ -320,7 +359,8 @@ pub struct RawRule {
     pub version: String,
 }
 
-/// `services[i].routing.rules[j].match`: exactly one of `header` or `cookie`.
+/// `services[i].routing.rules[j].match`: exactly one of `header`, `cookie` or (version rules
+/// only) `flag`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRuleMatch {
@@ -328,6 +368,8 @@ pub struct RawRuleMatch {
     pub header: Option<RawHeaderMatch>,
     /// A cookie with an exact value.
     pub cookie: Option<RawCookieMatch>,
+    /// A feature flag of the service that is on for this request.
+    pub flag: Option<String>,
 }
 
 /// `match.header`: `name` with exactly one of `value` or `present: true`.

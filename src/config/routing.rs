@@ -4,7 +4,7 @@ use http::{HeaderName, HeaderValue};
 
 use super::compile::Errors;
 use super::raw::{RawHealthCheck, RawMirror, RawOutlierDetection};
-use super::raw::{RawRule, RawSticky};
+use super::raw::{RawRule, RawRuleMatch, RawSticky};
 use super::{units, Compare, KeySource, MirrorSpec, RuleMatch, RuleSpec, StickySpec, DEFAULT_STICKY_TTL};
 use super::{HealthCheckSpec, DEFAULT_HEALTHY_THRESHOLD, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_PATH};
 use super::{OutlierSpec, DEFAULT_CONSECUTIVE_FAILURES, DEFAULT_EJECTION, DEFAULT_MAX_EJECTED_PERCENT};
@@ -83,8 +83,14 @@ pub(super) fn compile_mirrors(at: &str, raw: &[RawMirror], names: &[&str], error
     mirrors
 }
 
-/// Checks a service's rules against its version `names`.
-pub(super) fn compile_rules(at: &str, raw: &[RawRule], names: &[&str], errors: &mut Errors) -> Vec<RuleSpec> {
+/// Checks a service's rules against its version `names` and flag names.
+pub(super) fn compile_rules(
+    at: &str,
+    raw: &[RawRule],
+    names: &[&str],
+    flags: &[&str],
+    errors: &mut Errors,
+) -> Vec<RuleSpec> {
     let mut rules = Vec::with_capacity(raw.len());
     for (j, rule) in raw.iter().enumerate() {
         let rat = format!("{at}.routing.rules[{j}]");
@@ -95,22 +101,62 @@ pub(super) fn compile_rules(at: &str, raw: &[RawRule], names: &[&str], errors: &
                 format!("unknown version \"{}\" (versions: {})", rule.version, names.join(", ")),
             );
         }
-        let matcher = match (&rule.matcher.header, &rule.matcher.cookie) {
-            (Some(header), None) => header_match(&rat, &header.name, header.value.as_deref(), header.present, errors),
-            (None, Some(cookie)) => cookie_match(&rat, &cookie.name, &cookie.value, errors),
-            _ => {
-                errors.push(
-                    format!("{rat}.match"),
-                    "needs exactly one of `header: { name, value }` or `cookie: { name, value }`",
-                );
-                None
-            }
-        };
+        let matcher = compile_match(&rat, &rule.matcher, Some(flags), errors);
         if let (Some(matcher), Some(version)) = (matcher, version) {
             rules.push(RuleSpec { matcher, version });
         }
     }
     rules
+}
+
+/// Checks one rule's `match` at `rat`: exactly one of `header`, `cookie` and, when `flags` is
+/// given (version rules), `flag`, which must name one of `flags`.
+pub(super) fn compile_match(
+    rat: &str,
+    raw: &RawRuleMatch,
+    flags: Option<&[&str]>,
+    errors: &mut Errors,
+) -> Option<RuleMatch> {
+    match (&raw.header, &raw.cookie, &raw.flag) {
+        (Some(header), None, None) => header_match(rat, &header.name, header.value.as_deref(), header.present, errors),
+        (None, Some(cookie), None) => cookie_match(rat, &cookie.name, &cookie.value, errors),
+        (None, None, Some(flag)) => match flags {
+            Some(flags) => match flags.iter().position(|f| f == flag) {
+                Some(index) => Some(RuleMatch::Flag(index)),
+                None => {
+                    let known = if flags.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        flags.join(", ")
+                    };
+                    errors.push(
+                        format!("{rat}.match.flag"),
+                        format!("unknown flag \"{flag}\" (flags: {known})"),
+                    );
+                    None
+                }
+            },
+            None => {
+                errors.push(
+                    format!("{rat}.match.flag"),
+                    "a flag's rules match a header or a cookie, not another flag",
+                );
+                None
+            }
+        },
+        _ => {
+            let flag = if flags.is_some() {
+                ", `cookie: { name, value }` or `flag: NAME`"
+            } else {
+                " or `cookie: { name, value }`"
+            };
+            errors.push(
+                format!("{rat}.match"),
+                format!("needs exactly one of `header: {{ name, value }}`{flag}"),
+            );
+            None
+        }
+    }
 }
 
 fn header_match(
@@ -177,6 +223,19 @@ fn cookie_match(rat: &str, name: &str, value: &str, errors: &mut Errors) -> Opti
     })
 }
 
+/// Parses a bucketing key: `header:NAME` or `cookie:NAME`.
+pub(super) fn key_source(text: &str) -> Result<KeySource, String> {
+    match text.split_once(':') {
+        Some(("header", name)) => HeaderName::from_bytes(name.trim().as_bytes())
+            .map(KeySource::Header)
+            .map_err(|_| format!("\"{name}\" is not a valid header name")),
+        Some(("cookie", name)) if valid_cookie_name(name.trim()) => Ok(KeySource::Cookie(name.trim().to_owned())),
+        _ => Err(format!(
+            "\"{text}\" is not a key: write `header:NAME` (e.g. header:x-user-id) or `cookie:NAME`"
+        )),
+    }
+}
+
 /// Checks a service's sticky settings.
 pub(super) fn compile_sticky(at: &str, raw: &RawSticky, errors: &mut Errors) -> Option<StickySpec> {
     let sat = format!("{at}.routing.sticky");
@@ -187,25 +246,10 @@ pub(super) fn compile_sticky(at: &str, raw: &RawSticky, errors: &mut Errors) -> 
             format!("\"{}\" is not a valid cookie name", raw.cookie),
         );
     }
-    let key = raw.hash_key.as_deref().and_then(|text| match text.split_once(':') {
-        Some(("header", name)) => match HeaderName::from_bytes(name.trim().as_bytes()) {
-            Ok(name) => Some(KeySource::Header(name)),
-            Err(_) => {
-                errors.push(
-                    format!("{sat}.hash_key"),
-                    format!("\"{name}\" is not a valid header name"),
-                );
-                None
-            }
-        },
-        Some(("cookie", name)) if valid_cookie_name(name.trim()) => Some(KeySource::Cookie(name.trim().to_owned())),
-        _ => {
-            errors.push(
-                format!("{sat}.hash_key"),
-                format!("\"{text}\" is not a key: write `header:NAME` (e.g. header:x-user-id) or `cookie:NAME`"),
-            );
-            None
-        }
+    let key = raw.hash_key.as_deref().and_then(|text| {
+        key_source(text)
+            .map_err(|e| errors.push(format!("{sat}.hash_key"), e))
+            .ok()
     });
     let ttl = match raw.ttl.as_deref().map(units::duration) {
         None => DEFAULT_STICKY_TTL,

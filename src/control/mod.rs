@@ -18,6 +18,7 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{self, Config, ConfigErrors};
+use crate::flags::{FlagOverride, FlagOverrides, FlagState};
 use crate::rollout::RolloutState;
 use crate::state::{SavedState, StateStore};
 use crate::table::{Cause, Overrides, Routing, RoutingTable};
@@ -37,6 +38,9 @@ pub struct HistoryEntry {
     pub actor: String,
     /// Every service's weights in this revision, versions in file order.
     pub weights: BTreeMap<String, IndexMap<String, u64>>,
+    /// Every flag's state in this revision, by service (services without flags left out).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub flags: BTreeMap<String, IndexMap<String, FlagState>>,
     /// The services this revision changed: weights, versions, endpoints, rules or matching.
     #[serde(default)]
     pub changed: Vec<String>,
@@ -83,6 +87,8 @@ struct Inner {
     config: Config,
     config_text: Option<String>,
     overrides: Overrides,
+    /// Admin overrides of flags; persisted with the weight overrides.
+    flag_overrides: FlagOverrides,
     revision: u64,
     history: VecDeque<HistoryEntry>,
     last_reload: Option<ReloadStatus>,
@@ -136,6 +142,10 @@ impl Control {
         for warning in reconcile_overrides(&mut overrides, &config) {
             tracing::warn!("{warning}");
         }
+        let mut flag_overrides = saved.flags;
+        for warning in reconcile_flag_overrides(&mut flag_overrides, &config) {
+            tracing::warn!("{warning}");
+        }
         let mut rollouts = saved.rollouts;
         let now = rollouts::now_ms();
         for warning in rollouts::reconcile(&mut rollouts, &config, now) {
@@ -157,6 +167,7 @@ impl Control {
             config,
             config_text,
             overrides,
+            flag_overrides,
             revision: saved.revision,
             history: history.into_iter().skip(skip).collect(),
             last_reload: None,
@@ -266,9 +277,10 @@ impl Control {
                 spec_changed.dedup();
             }
         }
-        let table = RoutingTable::build(
+        let table = RoutingTable::build_with_flags(
             &inner.config,
             &inner.overrides,
+            &inner.flag_overrides,
             &inner.rollouts,
             self.routing.registries(),
             revision,
@@ -284,10 +296,18 @@ impl Control {
                 )
             })
             .collect();
-        let previous = inner.history.back().map(|e| &e.weights);
+        let flags: BTreeMap<String, IndexMap<String, FlagState>> = table
+            .services
+            .iter()
+            .filter(|s| !s.flags.list.is_empty())
+            .map(|s| (s.name.to_string(), s.flags.states()))
+            .collect();
+        let previous = inner.history.back();
         let mut changed = spec_changed;
         for (service, w) in &weights {
-            if previous.and_then(|p| p.get(service)) != Some(w) && !changed.contains(service) {
+            let same = previous
+                .is_some_and(|p| p.weights.get(service) == Some(w) && p.flags.get(service) == flags.get(service));
+            if !same && !changed.contains(service) {
                 changed.push(service.clone());
             }
         }
@@ -299,6 +319,7 @@ impl Control {
             cause,
             actor,
             weights,
+            flags,
             changed,
         };
         if let Some(store) = &self.store {
@@ -308,6 +329,7 @@ impl Control {
                 revision,
                 overrides: inner.overrides.clone(),
                 rollouts: inner.rollouts.clone(),
+                flags: inner.flag_overrides.clone(),
             };
             match store.save(&saved).and_then(|()| store.append(&entry)) {
                 Ok(()) => {}
@@ -399,6 +421,67 @@ impl Control {
         self.commit_override(&mut inner, service, weights, actor)
     }
 
+    /// Changes a flag of `service` (an override that outlives reloads and restarts, until a
+    /// later change or a reload that removes the flag): each field given replaces the one in
+    /// force. Cause `admin`.
+    pub fn set_flag(
+        &self,
+        service: &str,
+        flag: &str,
+        change: FlagOverride,
+        actor: String,
+    ) -> Result<u64, ControlError> {
+        let mut inner = self.lock();
+        let spec = inner
+            .config
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .ok_or_else(|| ControlError::NotFound(format!("unknown service \"{service}\"")))?;
+        if !spec.flags.iter().any(|f| f.name == flag) {
+            let names: Vec<&str> = spec.flags.iter().map(|f| f.name.as_str()).collect();
+            let known = if names.is_empty() {
+                "none".to_owned()
+            } else {
+                names.join(", ")
+            };
+            return Err(ControlError::NotFound(format!(
+                "unknown flag \"{flag}\" of \"{service}\" (flags: {known})"
+            )));
+        }
+        if let Some(percent) = change.percent {
+            config::percent_to_ppm(percent)
+                .ok_or_else(|| ControlError::Invalid(format!("percent {percent} is out of range: use 0 to 100")))?;
+        }
+        let old = inner.flag_overrides.get(service).and_then(|f| f.get(flag)).copied();
+        let new = old.unwrap_or_default().merged(change);
+        inner
+            .flag_overrides
+            .entry(service.to_owned())
+            .or_default()
+            .insert(flag.to_owned(), new);
+        let mut what = Vec::new();
+        if let Some(enabled) = change.enabled {
+            what.push(if enabled { "on".to_owned() } else { "off".to_owned() });
+        }
+        if let Some(percent) = change.percent {
+            what.push(format!("{percent}%"));
+        }
+        let actor = format!("{actor} (flag {flag}: {})", what.join(", "));
+        let committed = self.commit(&mut inner, Cause::Admin, actor, vec![service.to_owned()]);
+        if committed.is_err() {
+            let flags = inner.flag_overrides.entry(service.to_owned()).or_default();
+            match old {
+                Some(old) => flags.insert(flag.to_owned(), old),
+                None => flags.remove(flag),
+            };
+            if flags.is_empty() {
+                inner.flag_overrides.remove(service);
+            }
+        }
+        committed
+    }
+
     /// Restores the weights `service` had at `revision`.
     pub fn revert(&self, service: &str, revision: u64, actor: String) -> Result<u64, ControlError> {
         let mut inner = self.lock();
@@ -466,8 +549,10 @@ impl Control {
         let mut warnings = restart_warnings(&inner.config, &config);
         warnings.extend(config.warnings.iter().cloned());
         let old_overrides = inner.overrides.clone();
+        let old_flag_overrides = inner.flag_overrides.clone();
         let old_rollouts = inner.rollouts.clone();
         warnings.extend(reconcile_overrides(&mut inner.overrides, &config));
+        warnings.extend(reconcile_flag_overrides(&mut inner.flag_overrides, &config));
         let now = rollouts::now_ms();
         warnings.extend(rollouts::reconcile(&mut inner.rollouts, &config, now));
         let started = rollouts::auto_start(&mut inner, &config, now);
@@ -484,6 +569,7 @@ impl Control {
                 inner.config = old_config;
                 inner.config_text = old_text;
                 inner.overrides = old_overrides;
+                inner.flag_overrides = old_flag_overrides;
                 inner.rollouts = old_rollouts;
                 // Checkers were synced to the rejected config: put them back.
                 if let Some(health) = self.health.get() {
@@ -550,6 +636,7 @@ impl Control {
             "revision": inner.revision,
             "yaml": inner.config_text,
             "overrides": inner.overrides,
+            "flag_overrides": inner.flag_overrides,
             "reloads": { "ok": inner.reloads_ok, "failed": inner.reloads_failed },
             "last_reload": inner.last_reload,
         })
@@ -613,6 +700,25 @@ fn reconcile_overrides(overrides: &mut Overrides, config: &Config) -> Vec<String
             gone.join(", ")
         ));
         false
+    });
+    warnings
+}
+
+/// Drops flag overrides whose service or flag the config no longer has. Returns warnings.
+fn reconcile_flag_overrides(overrides: &mut FlagOverrides, config: &Config) -> Vec<String> {
+    let mut warnings = Vec::new();
+    overrides.retain(|service, flags| {
+        let spec = config.services.iter().find(|s| &s.name == service);
+        flags.retain(|flag, _| {
+            let kept = spec.is_some_and(|s| s.flags.iter().any(|f| &f.name == flag));
+            if !kept {
+                warnings.push(format!(
+                    "dropping the override of flag \"{flag}\" of \"{service}\": the flag is gone from the config"
+                ));
+            }
+            kept
+        });
+        !flags.is_empty()
     });
     warnings
 }

@@ -262,13 +262,40 @@ impl Drop for InflightGuard {
     }
 }
 
+/// How often one flag of one service was decided on and off: `sluice_flag_decisions_total`.
+#[derive(Debug)]
+pub struct FlagMetrics {
+    /// `service` label.
+    pub service: Arc<str>,
+    /// `flag` label.
+    pub flag: Arc<str>,
+    /// Decisions, off (0) and on (1).
+    decisions: [AtomicU64; 2],
+}
+
+impl FlagMetrics {
+    /// Counts one decision: one relaxed atomic add.
+    pub fn record(&self, on: bool) {
+        self.decisions[usize::from(on)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Decisions with this value so far.
+    pub fn decisions(&self, on: bool) -> u64 {
+        self.decisions[usize::from(on)].load(Ordering::Relaxed)
+    }
+}
+
 type Key = (Arc<str>, Arc<str>, Role);
+/// Service and flag.
+type FlagKey = (Arc<str>, Arc<str>);
 
 /// The registry of version metrics shared by every routing-table revision.
 #[derive(Debug, Default)]
 pub struct Metrics {
     // Locked when a table is built, by the ticker and by scrapes; never on the request path.
     versions: Mutex<HashMap<Key, Weak<VersionMetrics>>>,
+    // Like `versions`: locked when a table is built, never on the request path.
+    flags: Mutex<HashMap<FlagKey, Weak<FlagMetrics>>>,
     ticking: std::sync::atomic::AtomicBool,
     access_log: Arc<OnceLock<AccessLog>>,
     admission: Arc<crate::admission::Admission>,
@@ -290,6 +317,23 @@ impl Metrics {
             Arc::clone(&self.access_log),
         ));
         versions.insert(key, Arc::downgrade(&metrics));
+        metrics
+    }
+
+    /// The live decision counters of `flag` in `service`, or new ones.
+    pub fn flag(&self, service: &Arc<str>, flag: &Arc<str>) -> Arc<FlagMetrics> {
+        let mut flags = self.flags.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        flags.retain(|_, weak| weak.strong_count() > 0);
+        let key = (Arc::clone(service), Arc::clone(flag));
+        if let Some(live) = flags.get(&key).and_then(Weak::upgrade) {
+            return live;
+        }
+        let metrics = Arc::new(FlagMetrics {
+            service: Arc::clone(service),
+            flag: Arc::clone(flag),
+            decisions: Default::default(),
+        });
+        flags.insert(key, Arc::downgrade(&metrics));
         metrics
     }
 

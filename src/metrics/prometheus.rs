@@ -197,6 +197,8 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, control: &ControlCounters
         );
     }
 
+    render_flags(&mut out, table);
+
     render_admission(&mut out, metrics.admission());
 
     if let Some(log) = metrics.access_log() {
@@ -217,6 +219,29 @@ pub fn render(metrics: &Metrics, table: &RoutingTable, control: &ControlCounters
     );
     let _ = writeln!(out, "sluice_routing_table_revision {}", table.revision);
     out
+}
+
+/// `sluice_flag_decisions_total` of the flags in the table in force (counters outlive revisions).
+fn render_flags(out: &mut String, table: &RoutingTable) {
+    header(
+        out,
+        "sluice_flag_decisions_total",
+        "counter",
+        "Feature flag decisions, by the value the request got (on or off).",
+    );
+    for service in &table.services {
+        for flag in &service.flags.list {
+            for (value, on) in [("on", true), ("off", false)] {
+                let _ = writeln!(
+                    out,
+                    "sluice_flag_decisions_total{{service=\"{}\",flag=\"{}\",value=\"{value}\"}} {}",
+                    escape(&service.name),
+                    escape(&flag.name),
+                    flag.metrics.decisions(on)
+                );
+            }
+        }
+    }
 }
 
 /// Open connections and requests in flight against `defaults.limits`, and what was shed.

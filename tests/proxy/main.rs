@@ -6,6 +6,7 @@ mod browser;
 mod dashboard;
 mod deploy;
 mod failures;
+mod flags;
 mod h2;
 mod headers;
 mod health;
