@@ -78,24 +78,32 @@ pub fn compares(plans: &[Plan]) -> Option<Compare> {
         .filter(|c| *c != Compare::None)
 }
 
-/// `app:8080` → `app-shadow:8080`; `[::1]:80` → `[::1]-shadow:80`.
-fn shadow_host(host: &[u8]) -> Vec<u8> {
+/// `app:8080` → `app-shadow:8080`; `[::1]:80` → `[::1]-shadow:80`: appended to `out`.
+fn put_shadow_host(out: &mut Vec<u8>, host: &[u8]) {
     // On bytes, so a Host that is not UTF-8 still gets its suffix.
     let split = match host.iter().rposition(|&b| b == b':') {
         Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) && !host[..i].ends_with(b":") => i,
         _ => host.len(),
     };
-    [&host[..split], b"-shadow", &host[split..]].concat()
+    out.extend_from_slice(&host[..split]);
+    out.extend_from_slice(b"-shadow");
+    out.extend_from_slice(&host[split..]);
+}
+
+#[cfg(test)]
+fn shadow_host(host: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_shadow_host(&mut out, host);
+    out
 }
 
 /// A request's copy, ready to send once its body is known.
 struct Copy {
-    /// For HTTP/1.1 shadows: the head as it goes on the wire, up to its framing headers.
-    wire_head: Bytes,
-    /// For HTTP/2 shadows: the head as a request.
-    head: Option<Request<()>>,
-    /// The shadow `Host`.
-    host: Option<HeaderValue>,
+    /// For HTTP/1.1 shadows: the head as it goes on the wire, up to its framing headers; the
+    /// rest of the request is written after it, into the same buffer.
+    wire_head: Vec<u8>,
+    /// For HTTP/2 shadows: the head as a request, and the shadow `Host`.
+    head: Option<(Request<()>, Option<HeaderValue>)>,
     /// Whether the request said it had a body (so an empty one still gets `content-length: 0`).
     framed: bool,
     /// A `HEAD` request: its answer has no body.
@@ -117,7 +125,6 @@ pub fn spawn(
         Some(authority) => Some(authority.as_str().as_bytes()),
         None => parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
     };
-    let host = host.and_then(|h| HeaderValue::from_bytes(&shadow_host(h)).ok());
     let h2 = plans.iter().any(|p| {
         p.mirror
             .endpoints
@@ -125,6 +132,11 @@ pub fn spawn(
             .any(|e| e.protocol() == crate::config::Protocol::Http2)
     });
     let head = h2.then(|| {
+        let host = host.and_then(|h| {
+            let mut shadow = Vec::with_capacity(h.len() + 7);
+            put_shadow_host(&mut shadow, h);
+            HeaderValue::from_bytes(&shadow).ok()
+        });
         let mut head = Request::new(());
         *head.method_mut() = parts.method.clone();
         *head.uri_mut() = parts.uri.clone();
@@ -134,12 +146,11 @@ pub fn spawn(
         }
         head.headers_mut()
             .insert(&X_SLUICE_SHADOW, HeaderValue::from_static("true"));
-        head
+        (head, host)
     });
     let copy_of = Copy {
-        wire_head: wire_head(parts, host.as_ref()),
+        wire_head: wire_head(parts, host),
         head,
-        host,
         framed: parts.headers.contains_key(header::CONTENT_LENGTH)
             || parts.headers.contains_key(header::TRANSFER_ENCODING),
         head_request: parts.method == http::Method::HEAD,
@@ -149,12 +160,12 @@ pub fn spawn(
         }),
     };
     let Some(copy) = copy else {
-        return send(plans, &copy_of, &Bytes::new(), primary.as_ref(), limits);
+        return send(plans, copy_of, &Bytes::new(), primary.as_ref(), limits);
     };
     tokio::spawn(async move {
         // A client that sends its body slowly must not hold the mirrors' slots for long.
         match tokio::time::timeout(limits.response_headers, copy).await {
-            Ok(Ok(Some(body))) => send(plans, &copy_of, &body, primary.as_ref(), limits),
+            Ok(Ok(Some(body))) => send(plans, copy_of, &body, primary.as_ref(), limits),
             Ok(Ok(None)) => plans
                 .iter()
                 .for_each(|p| p.mirror.metrics.shadow_dropped(DropReason::MaxBody)),
@@ -167,17 +178,17 @@ pub fn spawn(
 
 /// The request line and headers of a copy for an HTTP/1.1 shadow, in origin form, with the
 /// shadow `Host` and the shadow mark, and without framing headers (the copy's own length is
-/// added when the body is known).
-fn wire_head(parts: &Parts, host: Option<&HeaderValue>) -> Bytes {
+/// added when the body is known). `host` is the client's: it gets the `-shadow` suffix here.
+fn wire_head(parts: &Parts, host: Option<&[u8]>) -> Vec<u8> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let mut out = bytes::BytesMut::with_capacity(256);
+    let mut out = Vec::with_capacity(512);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.extend_from_slice(b" ");
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     if let Some(host) = host {
         out.extend_from_slice(b"host: ");
-        out.extend_from_slice(host.as_bytes());
+        put_shadow_host(&mut out, host);
         out.extend_from_slice(b"\r\n");
     }
     for (name, value) in &parts.headers {
@@ -190,18 +201,26 @@ fn wire_head(parts: &Parts, host: Option<&HeaderValue>) -> Bytes {
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"x-sluice-shadow: true\r\n");
-    out.freeze()
+    out
 }
 
 /// Sends `body`'s copies, one per plan: pipelined to HTTP/1.1 shadows, in a task each to
 /// HTTP/2 ones.
 fn send(
     plans: Vec<Plan>,
-    copy: &Copy,
+    copy: Copy,
     body: &Bytes,
     primary: Option<&watch::Receiver<Option<PrimaryOutcome>>>,
     limits: Limits,
 ) {
+    // The whole HTTP/1.1 request, written once and shared by every mirror that sends it.
+    let mut wire = copy.wire_head;
+    if !body.is_empty() || copy.framed {
+        wire.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    wire.extend_from_slice(body);
+    let wire = Bytes::from(wire);
     for plan in plans {
         if body.len() as u64 > plan.mirror.max_body {
             plan.mirror.metrics.shadow_dropped(DropReason::MaxBody);
@@ -216,10 +235,10 @@ fn send(
         let guard = endpoint.begin();
         let (sample, primary) = (copy.sample.clone(), primary.cloned());
         match &copy.head {
-            Some(head) if endpoint.protocol() == crate::config::Protocol::Http2 => {
+            Some((head, host)) if endpoint.protocol() == crate::config::Protocol::Http2 => {
                 let mut request =
                     Request::from_parts(clone_head(head).into_parts().0, RequestBody::buffered(body.clone()));
-                crate::proxy::target_request(&mut request, endpoint, copy.host.as_ref());
+                crate::proxy::target_request(&mut request, endpoint, host.as_ref());
                 tokio::spawn(async move {
                     let start = Instant::now();
                     let answer = send_h2(guard, request, plan.mirror.compare == Compare::Body, limits).await;
@@ -227,16 +246,9 @@ fn send(
                 });
             }
             _ => {
-                let mut request = bytes::BytesMut::with_capacity(copy.wire_head.len() + 32 + body.len());
-                request.extend_from_slice(&copy.wire_head);
-                if !body.is_empty() || copy.framed {
-                    request.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
-                }
-                request.extend_from_slice(b"\r\n");
-                request.extend_from_slice(body);
                 let hash = plan.mirror.compare == Compare::Body;
                 let job = upstream::Job::new(
-                    request.freeze(),
+                    wire.clone(),
                     copy.head_request,
                     hash,
                     limits,

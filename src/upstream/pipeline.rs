@@ -277,6 +277,9 @@ async fn connection(
         let mut answer = Reading::default();
         // The answer before the current one ended here: the server's clock for the next starts.
         let mut previous_end = Instant::now();
+        // One timer for the connection, moved rather than made anew for every read.
+        let timer = tokio::time::sleep_until(previous_end + idle);
+        tokio::pin!(timer);
         loop {
             // Parse all complete answers in the buffer.
             loop {
@@ -318,10 +321,13 @@ async fn connection(
             if buf.capacity() - buf.len() < 4096 {
                 buf.reserve(8 << 10);
             }
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
             let read = tokio::select! {
                 read = reader.read_buf(&mut buf) => read,
                 () = written.notified() => continue,
-                () = tokio::time::sleep_until(deadline) => {
+                () = &mut timer => {
                     // Idle past the limit, or an answer overdue.
                     return if lock(&pending).is_empty() { Ended::Unread } else { Ended::Failed };
                 }
