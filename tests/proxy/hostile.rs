@@ -336,3 +336,33 @@ async fn oversized_heads_get_431_and_close() {
     assert_eq!(*log.lock().expect("lock"), ["GET / 0"]);
     proxy.shutdown().await;
 }
+
+/// HTTP/2 has its own head limit: the proxy advertises `max_request_headers` as
+/// SETTINGS_MAX_HEADER_LIST_SIZE, and a header list over it never reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_h2_header_list_never_reaches_the_upstream() {
+    let (up, log) = logging_upstream().await;
+    let proxy = proxy_with(
+        &service("s", "{}", &[("v", &[up.addr], 1)]),
+        "defaults: { limits: { max_request_headers: 8KiB } }",
+    )
+    .await;
+    let client = h2c_client();
+    let request = |size: usize| {
+        http::Request::get(proxy.url("/"))
+            .header("x-big", "x".repeat(size))
+            .body(empty())
+            .expect("request")
+    };
+    let outcome = within("h2 request", client.request(request(9 << 10))).await;
+    match &outcome {
+        Ok(response) => assert_eq!(response.status(), http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        Err(e) => panic!("h2 request failed: {e:?}"),
+    }
+    assert_eq!(up.hits(), 0, "{:?}", log.lock().expect("lock"));
+    // Within the limit it passes, on the same client.
+    let (status, _, _) = send(&client, request(6 << 10)).await;
+    assert_eq!(status, http::StatusCode::OK);
+    assert_eq!(up.hits(), 1);
+    proxy.shutdown().await;
+}
