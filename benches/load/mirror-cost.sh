@@ -63,7 +63,22 @@ log "sluice: $SLUICE_REV"
 free_port; PRIMARY_PORT=$PORT
 free_port; SHADOW_PORT=$PORT
 start_upstream primary "$PRIMARY_PORT" primary
-start_upstream shadow "$SHADOW_PORT" shadow "$TMP/shadow-access.log"
+# The shadow counts what it serves with stub_status rather than an access log, so that no log
+# grows on core 1 while the rounds run.
+free_port; SHADOW_STATUS_PORT=$PORT
+write_nginx_conf "$TMP/shadow" "$(cat <<EOF
+    server {
+        listen 127.0.0.1:$SHADOW_PORT reuseport backlog=4096;
+        location / { default_type text/plain; return 200 "shadow\n"; }
+    }
+    server {
+        listen 127.0.0.1:$SHADOW_STATUS_PORT;
+        location = /status { stub_status; }
+    }
+EOF
+)"
+start_nginx shadow "$TMP/shadow" "$LOAD_CORE" "http://127.0.0.1:$SHADOW_PORT/"
+log "shadow nginx on 127.0.0.1:$SHADOW_PORT (pid $STARTED_PID, core $LOAD_CORE), requests counted at :$SHADOW_STATUS_PORT/status"
 
 declare -A PID URL
 for percent in 0 100; do
@@ -94,7 +109,8 @@ EOF
     log "sluice mirror $percent% on ${URL[$percent]} (pid ${PID[$percent]}, core $PROXY_CORE, CPU quota ${CPU_PERCENT:-0}%)"
 done
 
-shadow_lines() { if [[ -f "$TMP/shadow-access.log" ]]; then wc -l <"$TMP/shadow-access.log"; else echo 0; fi; }
+# Requests the shadow has served (stub_status counts each status request too: one per call).
+shadow_lines() { curl -s "http://127.0.0.1:$SHADOW_STATUS_PORT/status" | awk 'NR == 3 { print $3 }'; }
 
 declare -A RPS CPU GOT
 run() { # run PERCENT ROUND
@@ -109,7 +125,7 @@ run() { # run PERCENT ROUND
     cpu_end "${PID[$percent]}" "sluice" "mirror $percent%"
     # the copies of the last requests may still be on their way
     sleep 0.5
-    after=$(shadow_lines)
+    after=$(($(shadow_lines) - 1))
     n=$(awk '/requests in/ {print $1}' "$TMP/wrk-$percent-$round.txt")
     grep -q "Non-2xx\|Socket errors" "$TMP/wrk-$percent-$round.txt" && log "WARNING: errors in round $round ($percent%): $(grep -E 'Non-2xx|Socket errors' "$TMP/wrk-$percent-$round.txt")"
     rps=$(awk -v n="$n" -v d="$DURATION" 'BEGIN { printf "%.0f", n / d }')
