@@ -208,7 +208,8 @@ struct Pending {
 }
 
 /// One connection's life: connect, then write batches and read answers until the server
-/// closes, fails or stays idle past the last copy's `response` timeout.
+/// closes, an answer is malformed or overdue (`response_headers` from when the server could
+/// start on it), or the connection stays idle past `idle`.
 async fn connection(
     shared: Arc<Shared>,
     first: Vec<Job>,

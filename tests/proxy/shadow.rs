@@ -641,3 +641,84 @@ async fn a_shadow_that_closes_after_each_answer_still_gets_every_copy() {
     server.abort();
     proxy.shutdown().await;
 }
+
+/// A shadow that closes a connection without answering has not (as far as anyone can tell)
+/// acted on the copies it held: each is sent again, once. One that never answers gets each
+/// copy exactly twice, which then counts as a failure (502), never a third time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_the_shadow_closed_on_unanswered_is_sent_again_once() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A shadow that reads each request head, records its line, and closes without answering
+    /// on the first `drops` connections; later ones answer 200 (and close).
+    async fn shadow(
+        drops: usize,
+    ) -> (
+        std::net::SocketAddr,
+        Arc<Mutex<Vec<String>>>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let store = Arc::clone(&seen);
+        let server = tokio::spawn(async move {
+            for accepted in 0.. {
+                let (mut stream, _) = listener.accept().await.expect("accept");
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let line = String::from_utf8_lossy(&buf).lines().next().unwrap_or("").to_owned();
+                store.lock().expect("lock").push(line);
+                if accepted >= drops {
+                    let answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok";
+                    let _ = stream.write_all(answer).await;
+                }
+                let _ = stream.shutdown().await;
+            }
+        });
+        (addr, seen, server)
+    }
+
+    // The first connection is closed unanswered; the copy's second attempt is answered.
+    let blue = Upstream::named("blue").await;
+    let (addr, seen, server) = shadow(1).await;
+    let mirrors = "      - { version: green, percent: 100 }";
+    let proxy = start("shadow-resend", &config(blue.addr, &[("green", addr)], mirrors, "")).await;
+    let (status, _) = get(&http1_client(), &proxy.url("/once"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let view = settled(&proxy, "green").await;
+    assert_eq!(view["sent"], 1, "{view}");
+    assert_eq!(
+        shadow_answers(&proxy, "2xx").await,
+        1.0,
+        "the second attempt is answered"
+    );
+    assert_eq!(*seen.lock().expect("lock"), ["GET /once HTTP/1.1"; 2]);
+    server.abort();
+    proxy.shutdown().await;
+
+    // A shadow that never answers gets the copy twice, and it counts as a 502.
+    let (addr, seen, server) = shadow(usize::MAX).await;
+    let proxy = start(
+        "shadow-resend-never",
+        &config(blue.addr, &[("green", addr)], mirrors, ""),
+    )
+    .await;
+    let (status, _) = get(&http1_client(), &proxy.url("/never"), None).await;
+    assert_eq!(status, StatusCode::OK, "the client never sees the shadow's failure");
+    let view = settled(&proxy, "green").await;
+    assert_eq!(view["sent"], 1, "{view}");
+    assert_eq!(shadow_answers(&proxy, "5xx").await, 1.0);
+    assert_eq!(
+        *seen.lock().expect("lock"),
+        ["GET /never HTTP/1.1"; 2],
+        "twice, never a third time"
+    );
+    server.abort();
+    proxy.shutdown().await;
+}
