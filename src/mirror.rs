@@ -1,10 +1,12 @@
 //! Request path, step 6 (shadow side): copies of requests to shadow versions, whose answers are
 //! read, measured, compared and thrown away.
 //!
-//! The client's answer never waits for a shadow: the copy of the body is teed while it streams
-//! to the primary (bounded by `max_body`), and one background task per mirrored request sends
-//! the copies once the body is complete. Each mirror holds at most `max_in_flight` copies;
-//! past that, and for bodies over `max_body`, copies are dropped and counted.
+//! The client's answer never waits for a shadow: a request without a body is copied at once;
+//! otherwise the body is teed while it streams to the primary (bounded by `max_body`) and a
+//! background task sends the copies once it is complete. Copies to HTTP/1.1 shadows go out
+//! pipelined (`upstream::pipeline`), to HTTP/2 ones in a task each. Each mirror holds at most
+//! `max_in_flight` copies; past that, and for bodies over `max_body`, copies are dropped and
+//! counted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
