@@ -71,26 +71,13 @@ fn bench(c: &mut Criterion) {
     ]);
 
     c.bench_function("decision: route + rules + sticky key + weights", |b| {
-        b.iter(|| {
-            let service = router::route(
-                &table,
-                Some(black_box("checkout.example.com")),
-                black_box("/cart/items"),
-            );
-            split::choose(service.expect("service"), black_box(&typical))
-        })
+        b.iter(|| decide(&table, "/cart/items", &typical))
     });
     c.bench_function("decision: route + rules + random weight (no key)", |b| {
-        b.iter(|| {
-            let service = router::route(&table, Some(black_box("checkout.example.com")), black_box("/"));
-            split::choose(service.expect("service"), black_box(&anonymous))
-        })
+        b.iter(|| decide(&table, "/", &anonymous))
     });
     c.bench_function("decision: route + rules + sticky cookie", |b| {
-        b.iter(|| {
-            let service = router::route(&table, Some(black_box("checkout.example.com")), black_box("/"));
-            split::choose(service.expect("service"), black_box(&pinned))
-        })
+        b.iter(|| decide(&table, "/", &pinned))
     });
     c.bench_function("part: router::route", |b| {
         b.iter(|| {
@@ -123,16 +110,7 @@ fn bench(c: &mut Criterion) {
     assert_eq!(table.service("checkout").expect("checkout").flags.list.len(), 5);
     c.bench_function(
         "decision + 5 flags: route + flags + rules + sticky key + weights",
-        |b| {
-            b.iter(|| {
-                let service = router::route(
-                    &table,
-                    Some(black_box("checkout.example.com")),
-                    black_box("/cart/items"),
-                );
-                split::choose(service.expect("service"), black_box(&typical))
-            })
-        },
+        |b| b.iter(|| decide(&table, "/cart/items", &typical)),
     );
     c.bench_function("decision + 5 flags + x-sluice-flags value", |b| {
         b.iter(|| {
@@ -150,6 +128,12 @@ fn bench(c: &mut Criterion) {
     c.bench_function("part: flags evaluate (5 flags)", |b| {
         b.iter(|| checkout.flags.evaluate(black_box(&typical)))
     });
+}
+
+/// One routing decision for checkout.example.com: the service by host and path, then the version.
+fn decide(table: &sluice::RoutingTable, path: &str, headers: &HeaderMap) -> Option<split::Choice> {
+    let service = router::route(table, Some(black_box("checkout.example.com")), black_box(path));
+    split::choose(service.expect("service"), black_box(headers))
 }
 
 criterion_group!(benches, bench);
