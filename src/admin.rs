@@ -21,7 +21,7 @@ use hyper_util::server::conn::auto;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use crate::config::{HostPattern, KeySource, Protocol, RuleMatch};
+use crate::config::{HostPattern, Protocol};
 use crate::control::{Control, ControlError, RolloutCommand};
 use crate::table::Service;
 
@@ -161,8 +161,10 @@ async fn handle(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> 
 /// A browser on another site may send the API a form POST (no CORS preflight for those), which
 /// without a token would change routing. Browsers mark such requests with `Origin` (and
 /// `Sec-Fetch-Site`); a changing request from another origin than the admin listener's own is
-/// refused. Clients that are not browsers (`ctl`, curl) send neither header.
-fn refuse_cross_site(request: &Request<Incoming>) -> Result<(), ApiError> {
+/// refused. Without a token, the page's own origin must also name the listener by an IP
+/// address or `localhost`: a page on another site can rebind its own DNS name to this address
+/// and then be "same-origin". Clients that are not browsers (`ctl`, curl) send neither header.
+fn refuse_cross_site(request: &Request<Incoming>, token: bool) -> Result<(), ApiError> {
     if matches!(*request.method(), Method::GET | Method::HEAD | Method::OPTIONS) {
         return Ok(());
     }
@@ -188,9 +190,23 @@ fn refuse_cross_site(request: &Request<Incoming>) -> Result<(), ApiError> {
         .strip_prefix(b"http://")
         .or_else(|| origin.as_bytes().strip_prefix(b"https://"));
     match (origin_host, host) {
-        (Some(origin_host), Some(host)) if origin_host.eq_ignore_ascii_case(host) => Ok(()),
+        (Some(origin_host), Some(host))
+            if origin_host.eq_ignore_ascii_case(host) && (token || names_this_machine(host)) =>
+        {
+            Ok(())
+        }
         _ => Err(refused()),
     }
+}
+
+/// Whether a `Host` value (`name[:port]`) is an IP address or `localhost`: names no other site
+/// can point at this listener by DNS.
+fn names_this_machine(host: &[u8]) -> bool {
+    let Ok(authority) = http::uri::Authority::try_from(host) else {
+        return false;
+    };
+    let name = authority.host().trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> Result<Value, ApiError> {
@@ -206,7 +222,7 @@ async fn route(admin: &Admin, request: Request<Incoming>, peer: SocketAddr) -> R
     let Some(api) = path.strip_prefix("/api/v1/") else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no such path {path}")));
     };
-    refuse_cross_site(&request)?;
+    refuse_cross_site(&request, admin.token.is_some())?;
     authorize(admin, &request)?;
     if api.trim_end_matches('/') == "tls" {
         return match method {
@@ -474,25 +490,12 @@ pub fn service_view(control: &Control, service: &Service) -> Value {
         .rules
         .iter()
         .map(|rule| {
-            let matcher = match &rule.matcher {
-                RuleMatch::Header {
-                    name,
-                    value: Some(value),
-                } => json!({ "header": { "name": name.as_str(), "value": value.to_str().unwrap_or("") } }),
-                RuleMatch::Header { name, value: None } => {
-                    json!({ "header": { "name": name.as_str(), "present": true } })
-                }
-                RuleMatch::Cookie { name, value } => json!({ "cookie": { "name": name, "value": value } }),
-                RuleMatch::Flag(_) => crate::flags::match_view(&rule.matcher, &service.flags),
-            };
+            let matcher = crate::flags::match_view(&rule.matcher, &service.flags);
             json!({ "match": matcher, "version": &*service.versions[rule.version].name })
         })
         .collect();
     let sticky = service.sticky.as_ref().map(|s| {
-        let key = s.key.as_ref().map(|k| match k {
-            KeySource::Header(name) => format!("header:{name}"),
-            KeySource::Cookie(name) => format!("cookie:{name}"),
-        });
+        let key = s.key.as_ref().map(crate::flags::key_text);
         json!({ "cookie": s.cookie, "hash_key": key, "ttl": humantime::format_duration(s.ttl).to_string() })
     });
     json!({
@@ -540,6 +543,22 @@ fn mirror_view(mirror: &crate::table::Mirror) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_addresses_and_localhost_name_this_machine() {
+        for host in [
+            "127.0.0.1:9901",
+            "localhost:9901",
+            "LOCALHOST",
+            "[::1]:9901",
+            "10.0.0.7",
+        ] {
+            assert!(names_this_machine(host.as_bytes()), "{host}");
+        }
+        for host in ["evil.example:9901", "127.0.0.1.nip.io", "", "a b"] {
+            assert!(!names_this_machine(host.as_bytes()), "{host}");
+        }
+    }
 
     #[test]
     fn constant_time_eq_compares_whole_tokens() {

@@ -439,6 +439,12 @@ async fn cross_site_requests_cannot_change_anything() {
         vec![("origin", format!("{own}.evil.example"))],
         vec![("sec-fetch-site", "cross-site".to_owned())],
         vec![("origin", own.clone()), ("sec-fetch-site", "same-site".to_owned())],
+        // DNS rebinding: a page whose own name now points here is "same-origin" to its browser.
+        vec![
+            ("host", format!("evil.example:{}", proxy.admin.port())),
+            ("origin", format!("http://evil.example:{}", proxy.admin.port())),
+            ("sec-fetch-site", "same-origin".to_owned()),
+        ],
     ] {
         let (status, _, body) = put(&headers).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{headers:?}");
