@@ -118,11 +118,15 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         tracing::warn!("state_dir is not set: weight overrides and history will not survive a restart");
     }
     let max_connections = config.limits.max_connections as u64;
-    if let Some(open_files) = sluice::listener::open_files_limit().filter(|&n| n <= max_connections) {
+    // Each client connection can hold an upstream one too; and listeners, pooled idle
+    // connections and files need some more.
+    let needed = 2 * max_connections + 256;
+    if let Some(open_files) = sluice::listener::open_files_limit().filter(|&n| n < needed) {
         tracing::warn!(
             open_files,
             max_connections,
-            "ulimit -n is not above defaults.limits.max_connections: accepts will fail before the limit refuses anything; raise it (each connection also needs an upstream connection)"
+            needed,
+            "ulimit -n is below twice defaults.limits.max_connections (each connection can also hold an upstream one): sockets will run out before the limit refuses anything; raise it"
         );
     }
     let workers = config

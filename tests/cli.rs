@@ -721,3 +721,48 @@ fn the_demo_rolls_back_its_faulty_canary() {
         .expect("a final stopped event");
     assert_eq!(stopped["rolled_back"], true);
 }
+
+/// `run` warns when `ulimit -n` cannot hold twice `max_connections` (each client connection
+/// can hold an upstream one too), and not when it can.
+#[test]
+fn run_warns_when_open_files_cannot_hold_the_connection_limit() {
+    let dir = temp_dir("ulimit");
+    let start_log = |max_connections: u32| {
+        let path = dir.join(format!("limit-{max_connections}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "listeners: [{{ name: p, address: 127.0.0.1:0 }}]\ndefaults: {{ limits: {{ max_connections: {max_connections} }} }}\n"
+            ),
+        )
+        .expect("write");
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!("ulimit -n 4096 && exec {BIN} run -c {}", path.display()))
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start sluice");
+        let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let mut log = String::new();
+        while !log.contains("sluice started") {
+            let mut line = String::new();
+            assert!(stderr.read_line(&mut line).expect("read log") > 0, "exited: {log}");
+            log += &line;
+        }
+        let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        assert!(child.wait().expect("wait").success());
+        log
+    };
+    // 4096 < 2 × 10000 + 256: sockets would run out before the limit refuses anything.
+    let log = start_log(10_000);
+    assert!(
+        log.contains("ulimit -n is below twice defaults.limits.max_connections"),
+        "{log}"
+    );
+    assert!(log.contains("needed=20256"), "{log}");
+    // 4096 ≥ 2 × 1000 + 256.
+    let log = start_log(1_000);
+    assert!(!log.contains("ulimit -n"), "{log}");
+}
