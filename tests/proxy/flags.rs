@@ -438,3 +438,27 @@ async fn flags_overrides_survive_a_restart() {
     );
     restarted.shutdown().await;
 }
+
+/// Without a key anywhere (no `key:`, no sticky `hash_key`) each request is its own draw: the
+/// share holds over many requests and both values occur for the same client. A keyed flag whose
+/// key the request lacks is off (below 100%), unless a targeting rule turns it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_without_a_key_draw_per_request_and_a_missing_key_is_off() {
+    let flags = "      drawn: { percent: 30 }\n      keyed: { percent: 99, key: \"header:x-user-id\", rules: [{ match: { header: { name: x-internal, value: \"1\" } }, value: on }] }\n";
+    let (proxy, _blue, _canary) = start("flags-draw", "      weights: { blue: 1 }", flags, "").await;
+    let client = http1_client();
+    let mut drawn = 0;
+    for _ in 0..1000 {
+        let (_, seen) = ask(&proxy, &client, &[]).await;
+        drawn += usize::from(has(&seen, "drawn"));
+        assert!(!has(&seen, "keyed"), "no x-user-id: keyed is off at 99%: {seen}");
+    }
+    // 30% of 1000 draws: sd 14.5; the band is about ±4 sd.
+    assert!((240..=360).contains(&drawn), "{drawn} of 1000 requests at 30%");
+    let (_, seen) = ask(&proxy, &client, &[("x-internal", "1")]).await;
+    assert!(
+        has(&seen, "keyed"),
+        "a targeting rule turns it on without the key: {seen}"
+    );
+    proxy.shutdown().await;
+}
