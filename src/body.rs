@@ -8,12 +8,11 @@ use std::time::Instant;
 use bytes::Bytes;
 use http::StatusCode;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::admission::RequestPermit;
 use crate::metrics::{ErrorKind, InflightGuard};
 use crate::mirror::{BodyHash, PrimaryOutcome, PrimaryReport};
-use crate::upstream::Lease;
+use crate::upstream::{Lease, UpstreamBody};
 
 /// Records an upstream answer in its version's metrics once the body is done (or dropped).
 #[derive(Debug)]
@@ -82,7 +81,7 @@ pub enum ResponseBody {
     /// Streamed from the upstream; the lease returns the connection to the pool when done.
     Upstream {
         /// The upstream's body.
-        inner: Incoming,
+        inner: UpstreamBody,
         /// Held until this body is dropped.
         lease: Lease,
         /// Records the request's metrics when this body ends or is dropped.
@@ -116,9 +115,9 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ResponseBody::Upstream { inner, completion, .. } => {
                 let polled = Pin::new(&mut *inner).poll_frame(cx);

@@ -47,7 +47,7 @@ pub enum ProxyError {
         /// `host:port`.
         endpoint: std::sync::Arc<str>,
         /// What failed.
-        cause: hyper::Error,
+        cause: Box<dyn std::error::Error + Send + Sync>,
     },
     /// No response headers within `response_headers`.
     #[error("upstream {endpoint} sent no response headers within {timeout:?}")]
@@ -122,20 +122,19 @@ impl ProxyError {
     pub fn from_send(failure: SendFailure, endpoint: std::sync::Arc<str>, max_body: u64) -> Self {
         match failure.kind {
             FailureKind::Connect(cause) => ProxyError::Connect { endpoint, cause },
-            FailureKind::Reset(cause) if crate::upstream::is_body_too_large(&cause) => {
+            FailureKind::Client(cause) if crate::upstream::is_body_too_large(&*cause) => {
                 ProxyError::BodyTooLarge(max_body)
             }
-            FailureKind::Reset(cause) if client_body_failed(&cause) => {
-                ProxyError::BadRequest("malformed or incomplete request body")
-            }
+            FailureKind::Client(_) => ProxyError::BadRequest("malformed or incomplete request body"),
             FailureKind::Reset(cause) => ProxyError::Reset { endpoint, cause },
         }
     }
 }
 
-/// True when an upstream send failed because the client's own body broke (a bad chunk size,
-/// the client leaving mid-upload), not the upstream: hyper's client reports an error of the
-/// body it sends as a user error, whose source is the error hyper's server side gave that body.
+/// True when an HTTP/2 upstream send failed because the client's own body broke (a bad chunk
+/// size, the client leaving mid-upload), not the upstream: hyper's client reports an error of
+/// the body it sends as a user error, whose source is the error hyper's server side gave that
+/// body.
 pub fn client_body_failed(cause: &hyper::Error) -> bool {
     let mut current = std::error::Error::source(cause);
     while let Some(e) = current {

@@ -343,7 +343,7 @@ fn finish(
 }
 
 /// Reads a shadow answer to the end, discarding it; returns its length and, if asked, hash.
-async fn read_answer(mut body: hyper::body::Incoming, hash: bool) -> Option<(u64, Option<u64>)> {
+async fn read_answer(mut body: upstream::UpstreamBody, hash: bool) -> Option<(u64, Option<u64>)> {
     let mut hasher = hash.then(BodyHash::default);
     let mut bytes = 0;
     while let Some(frame) = body.frame().await {

@@ -154,7 +154,12 @@ impl Proxy {
         .await?;
 
         if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS) {
-            let upstream_upgrade = hyper::upgrade::on(&mut response);
+            forward::remove_hop_by_hop(response.headers_mut(), true);
+            let (parts, body) = response.into_parts();
+            let upstream_upgrade = body.into_upgrade().ok_or_else(|| ProxyError::Reset {
+                endpoint: endpoint.label.clone(),
+                cause: "101 answer without a connection to switch".into(),
+            })?;
             // The tunnel outlives its HTTP connection (and that one's slot): it counts as an
             // open connection of its own until it ends.
             let tracked = self.routing.metrics().admission().track_connection();
@@ -164,8 +169,6 @@ impl Proxy {
                 endpoint.label.clone(),
                 tracked,
             ));
-            forward::remove_hop_by_hop(response.headers_mut(), true);
-            let (parts, _) = response.into_parts();
             drop(lease);
             if let Some(request) = outcome.chosen.take() {
                 let metrics = request.metrics();
@@ -336,7 +339,7 @@ async fn send_with_retry(
     mut request: Request<RequestBody>,
     host: Option<HeaderValue>,
     outlier: Option<(&crate::config::OutlierSpec, &crate::health::Events)>,
-) -> Result<(Response<Incoming>, upstream::Lease, Arc<Endpoint>), ProxyError> {
+) -> Result<(Response<upstream::UpstreamBody>, upstream::Lease, Arc<Endpoint>), ProxyError> {
     let limits = &table.limits;
     // Passive outlier detection sees every attempt's outcome.
     let observe = |endpoint: &Arc<Endpoint>, failed: bool| {
@@ -367,12 +370,7 @@ async fn send_with_retry(
             Ok(Err(failure)) => failure,
         };
         // A body over the limit is the client's doing, not the endpoint's.
-        let endpoint_failed = match &failure.kind {
-            upstream::FailureKind::Reset(cause) => {
-                !upstream::is_body_too_large(cause) && !crate::error::client_body_failed(cause)
-            }
-            upstream::FailureKind::Connect(_) => true,
-        };
+        let endpoint_failed = !matches!(failure.kind, upstream::FailureKind::Client(_));
         observe(&endpoint, endpoint_failed);
         let retryable = matches!(failure.kind, upstream::FailureKind::Connect(_)) && attempt == 0;
         let next = retryable
@@ -400,22 +398,27 @@ async fn send_with_retry(
     Err(timeout(&endpoint))
 }
 
-/// Copies bytes both ways between an upgraded client and upstream connection.
+/// Copies bytes both ways between an upgraded client and upstream connection, starting with
+/// what the upstream sent along with its 101.
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
+    upstream: upstream::Upgraded,
     endpoint: Arc<str>,
     _connection: ConnectionPermit,
 ) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+    let client = match client.await {
+        Ok(client) => client,
         Err(e) => {
             tracing::debug!(%endpoint, error = %e, "upgrade failed");
             return;
         }
     };
-    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let (mut client, mut io) = (TokioIo::new(client), upstream.io);
+    if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &upstream.read).await {
+        tracing::debug!(%endpoint, error = %e, "upgraded connection ended");
+        return;
+    }
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut io).await {
         tracing::debug!(%endpoint, error = %e, "upgraded connection ended");
     }
 }

@@ -4,6 +4,8 @@
 //! An [`Endpoint`] outlives routing tables: [`Upstreams`] interns one per address and
 //! protocol, so a table swap keeps every pooled connection warm.
 
+mod framing;
+mod h1;
 mod io;
 mod pipeline;
 mod pool;
@@ -14,10 +16,11 @@ use std::sync::{Arc, Mutex, Weak};
 
 use crate::config::{EndpointAddr, Protocol, UpstreamTls};
 
+pub use h1::Upgraded;
 pub use io::{connect, UpstreamIo};
 pub use pipeline::{Answer, Job};
 use pool::Pool;
-pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure, Tee};
+pub use pool::{is_body_too_large, FailureKind, Lease, RequestBody, SendFailure, Tee, UpstreamBody};
 
 /// One upstream address of a version.
 #[derive(Debug)]

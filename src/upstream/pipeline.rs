@@ -26,6 +26,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
+use super::framing::{self, Framing, Step, MAX_HEAD, MAX_HEADERS};
 use super::Endpoint;
 use crate::config::Limits;
 use crate::mirror::BodyHash;
@@ -34,10 +35,6 @@ use crate::mirror::BodyHash;
 const MAX_CONNECTIONS: usize = 128;
 /// Most copies written together: bounds how long one copy waits behind the others' answers.
 const MAX_BATCH: usize = 32;
-/// Largest answer head.
-const MAX_HEAD: usize = 64 << 10;
-/// Headers parsed in an answer head.
-const MAX_HEADERS: usize = 100;
 
 /// One complete request to send, and what to do with its answer.
 pub struct Job {
@@ -399,18 +396,6 @@ struct Reading {
     hasher: Option<BodyHash>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    /// Chunked, at a chunk-size line.
-    ChunkSize,
-    /// Chunked, inside a chunk with this much data left, then its CRLF.
-    ChunkData(u64),
-    /// Chunked, in the trailer section.
-    Trailers,
-    UntilClose,
-}
-
 enum Progress {
     /// The buffer holds no complete answer yet.
     More,
@@ -443,67 +428,15 @@ impl Reading {
                     Err(()) => return Progress::Invalid,
                 }
             };
-            let next = match framing {
-                Framing::Length(0) => return self.finish(status, close),
-                Framing::Length(left) | Framing::ChunkData(left) => {
-                    if buf.is_empty() {
-                        return Progress::More;
-                    }
-                    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    self.data(&buf.split_to(n));
-                    let left = left - n as u64;
-                    match framing {
-                        Framing::Length(_) => Framing::Length(left),
-                        _ if left > 0 => Framing::ChunkData(left),
-                        _ => {
-                            // The chunk's CRLF.
-                            if buf.len() < 2 {
-                                // Come back for the CRLF with no data left to read.
-                                self.set_framing(Framing::ChunkData(0));
-                                if buf.is_empty() || buf[0] == b'\r' {
-                                    return Progress::More;
-                                }
-                                return Progress::Invalid;
-                            }
-                            if &buf[..2] != b"\r\n" {
-                                return Progress::Invalid;
-                            }
-                            buf.advance(2);
-                            Framing::ChunkSize
-                        }
-                    }
-                }
-                Framing::ChunkSize => match httparse::parse_chunk_size(buf) {
-                    Ok(httparse::Status::Complete((n, 0))) => {
-                        buf.advance(n);
-                        Framing::Trailers
-                    }
-                    Ok(httparse::Status::Complete((n, size))) => {
-                        buf.advance(n);
-                        Framing::ChunkData(size)
-                    }
-                    Ok(httparse::Status::Partial) if buf.len() < 1024 => return Progress::More,
-                    _ => return Progress::Invalid,
-                },
-                Framing::Trailers => match buf.windows(2).position(|w| w == b"\r\n") {
-                    Some(0) => {
-                        buf.advance(2);
-                        return self.finish(status, close);
-                    }
-                    Some(line) => {
-                        buf.advance(line + 2);
-                        Framing::Trailers
-                    }
-                    None if buf.len() < MAX_HEAD => return Progress::More,
-                    None => return Progress::Invalid,
-                },
-                Framing::UntilClose => {
-                    let all = buf.split();
-                    self.data(&all);
-                    return Progress::More;
-                }
-            };
+            let mut next = framing;
+            let step = next.step(buf);
             self.set_framing(next);
+            match step {
+                Step::Data(data) => self.data(&data),
+                Step::End(_) => return self.finish(status, close),
+                Step::More => return Progress::More,
+                Step::Invalid => return Progress::Invalid,
+            }
         }
     }
 
@@ -561,62 +494,12 @@ fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(usize, StatusCod
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(()),
     };
-    let status = response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(())?;
+    let status = framing::status(&response)?;
     if status == StatusCode::SWITCHING_PROTOCOLS {
         // Nothing asked to switch.
         return Err(());
     }
-    let mut close = response.version == Some(0);
-    let (mut chunked, mut length, mut coded) = (false, None, false);
-    for h in response.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && response.version == Some(0) {
-                    close = false;
-                }
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            coded = true;
-            chunked = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .ok_or(())?;
-            if length.is_some_and(|l| l != value) {
-                return Err(());
-            }
-            length = Some(value);
-        }
-    }
-    let framing = if head_request
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        Framing::Length(0)
-    } else if coded {
-        if chunked {
-            Framing::ChunkSize
-        } else {
-            Framing::UntilClose
-        }
-    } else {
-        match length {
-            Some(length) => Framing::Length(length),
-            None => Framing::UntilClose,
-        }
-    };
-    if framing == Framing::UntilClose {
-        close = true;
-    }
+    let (framing, close) = framing::of(&response, status, head_request)?;
     Ok(Some((n, status, framing, close)))
 }
 

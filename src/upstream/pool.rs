@@ -1,9 +1,9 @@
-//! Upstream connections: a bounded, lock-free queue of idle HTTP/1.1 connections per endpoint,
-//! or one shared multiplexed HTTP/2 connection, built on hyper's `client::conn`.
+//! Upstream connections: a bounded, lock-free queue of idle HTTP/1.1 connections per endpoint
+//! (driven inline by [`super::h1`]), or one shared multiplexed HTTP/2 connection (hyper's
+//! `client::conn`).
 //!
-//! Requests are sent in origin form with the client's `Host`, so nothing is formatted per
-//! request. A pooled connection that turns out to be closed gives the request back unsent
-//! (`try_send_request`), and it goes out on a fresh connection instead.
+//! Requests are sent in origin form with the client's `Host`. A pooled connection that turns
+//! out to be closed gives the request back, and it goes out on a fresh connection instead.
 
 use std::error::Error as StdError;
 use std::pin::Pin;
@@ -17,9 +17,10 @@ use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2, TrySendError};
+use hyper::client::conn::{http2, TrySendError};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use super::h1::{self, H1Body, Upgraded};
 use super::{Endpoint, InflightGuard};
 use crate::config::{Limits, Protocol};
 
@@ -206,7 +207,7 @@ pub fn is_body_too_large(error: &(dyn StdError + 'static)) -> bool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<RequestBody>,
+    conn: h1::Conn,
     since: Instant,
 }
 
@@ -244,8 +245,8 @@ impl Pool {
         let Some(queue) = self.idle.as_ref() else { return 0 };
         let mut closed = 0;
         for _ in 0..queue.len() {
-            let Some(entry) = queue.pop() else { break };
-            if entry.since.elapsed() < idle && !entry.sender.is_closed() {
+            let Some(mut entry) = queue.pop() else { break };
+            if entry.since.elapsed() < idle && entry.conn.is_usable() {
                 if queue.push(entry).is_err() {
                     closed += 1;
                 }
@@ -256,12 +257,12 @@ impl Pool {
         closed
     }
 
-    /// A pooled HTTP/1.1 connection that is ready and not idle for too long.
-    fn take_idle(&self, limits: &Limits) -> Option<http1::SendRequest<RequestBody>> {
+    /// A pooled HTTP/1.1 connection that is still open and not idle for too long.
+    fn take_idle(&self, limits: &Limits) -> Option<h1::Conn> {
         let idle = self.idle.as_ref()?;
-        while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < limits.idle && entry.sender.is_ready() {
-                return Some(entry.sender);
+        while let Some(mut entry) = idle.pop() {
+            if entry.since.elapsed() < limits.idle && entry.conn.is_usable() {
+                return Some(entry.conn);
             }
         }
         None
@@ -283,42 +284,60 @@ pub struct SendFailure {
 pub enum FailureKind {
     /// TCP connect or protocol handshake failed or timed out.
     Connect(BoxError),
-    /// The connection failed after the request was (partly) sent.
-    Reset(hyper::Error),
+    /// The connection failed after the request was (partly) sent, or the answer was not HTTP.
+    Reset(BoxError),
+    /// The client's request body failed (malformed, cut off, or over `max_request_body`).
+    Client(BoxError),
 }
 
-/// Keeps an endpoint's in-flight count and, for HTTP/1.1, the connection until the response
-/// body is done; then the connection goes back to the pool.
+/// Keeps an endpoint's in-flight count until the answer is done. (An HTTP/1.1 answer's body
+/// returns its connection to the pool itself.)
 #[derive(Debug)]
 pub struct Lease {
-    guard: InflightGuard,
-    sender: Option<http1::SendRequest<RequestBody>>,
+    _guard: InflightGuard,
 }
 
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let Some(mut sender) = self.sender.take() else { return };
-        let endpoint = Arc::clone(self.guard.endpoint());
-        let give_back = move |sender| {
-            if let Some(idle) = endpoint.pool.idle.as_ref() {
-                let _ = idle.push(Idle {
-                    sender,
-                    since: Instant::now(),
-                });
-            }
-        };
-        if sender.is_ready() {
-            give_back(sender);
-        } else if !sender.is_closed() {
-            // The connection finishes reading the response in its own task; it can take the
-            // next request once that is done.
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                handle.spawn(async move {
-                    if sender.ready().await.is_ok() {
-                        give_back(sender);
-                    }
-                });
-            }
+/// An upstream answer's body.
+#[derive(Debug)]
+pub enum UpstreamBody {
+    /// Read inline from an HTTP/1.1 connection.
+    H1(H1Body),
+    /// A stream of a shared HTTP/2 connection.
+    H2(Incoming),
+}
+
+impl UpstreamBody {
+    /// For a `101 Switching Protocols` answer from an HTTP/1.1 upstream: the connection.
+    pub fn into_upgrade(self) -> Option<Upgraded> {
+        match self {
+            UpstreamBody::H1(body) => body.into_upgrade(),
+            UpstreamBody::H2(_) => None,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::H1(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::H2(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.is_end_stream(),
+            UpstreamBody::H2(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::H1(body) => body.size_hint(),
+            UpstreamBody::H2(body) => body.size_hint(),
         }
     }
 }
@@ -331,12 +350,30 @@ impl SendFailure {
         }
     }
 
-    fn reset(mut error: TrySendError<Request<RequestBody>>) -> Self {
+    /// An HTTP/2 send that failed: the client's body, or the upstream.
+    fn h2(mut error: TrySendError<Request<RequestBody>>) -> Self {
         let unsent = error.take_message();
-        Self {
-            kind: FailureKind::Reset(error.into_error()),
-            unsent,
-        }
+        let error = error.into_error();
+        let kind = if crate::error::client_body_failed(&error) || is_body_too_large(&error) {
+            FailureKind::Client(Box::new(error))
+        } else {
+            FailureKind::Reset(Box::new(error))
+        };
+        Self { kind, unsent }
+    }
+
+    fn h1(failure: h1::Failure) -> Self {
+        let kind = match failure {
+            h1::Failure::Upstream(e) => FailureKind::Reset(e),
+            h1::Failure::Client(e) => FailureKind::Client(e),
+            h1::Failure::Stale(unsent) => {
+                return Self {
+                    kind: FailureKind::Connect("the new connection closed at once".into()),
+                    unsent: Some(*unsent),
+                }
+            }
+        };
+        Self { kind, unsent: None }
     }
 }
 
@@ -346,8 +383,9 @@ impl Endpoint {
         guard: InflightGuard,
         mut request: Request<RequestBody>,
         limits: &Limits,
-    ) -> Result<(Response<Incoming>, Lease), SendFailure> {
+    ) -> Result<(Response<UpstreamBody>, Lease), SendFailure> {
         let endpoint = Arc::clone(guard.endpoint());
+        let lease = Lease { _guard: guard };
         if endpoint.protocol == Protocol::Http2 {
             *request.version_mut() = http::Version::HTTP_2;
             let mut sender = match endpoint.h2_sender(limits).await {
@@ -360,53 +398,36 @@ impl Endpoint {
                 // stream on a live connection keeps it.
                 endpoint.pool.h2.store(None);
             }
-            let response = sent.map_err(SendFailure::reset)?;
-            return Ok((response, Lease { guard, sender: None }));
+            let response = sent.map_err(SendFailure::h2)?;
+            return Ok((response.map(UpstreamBody::H2), lease));
         }
 
-        *request.version_mut() = http::Version::HTTP_11;
-        if let Some(mut sender) = endpoint.pool.take_idle(limits) {
-            match sender.try_send_request(request).await {
-                Ok(response) => {
-                    return Ok((
-                        response,
-                        Lease {
-                            guard,
-                            sender: Some(sender),
-                        },
-                    ))
-                }
-                // Closed before our request was written: safe to send on a fresh connection.
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => request = unsent,
-                    None => return Err(SendFailure::reset(e)),
-                },
+        if let Some(conn) = endpoint.pool.take_idle(limits) {
+            match h1::send(conn, request, true, &endpoint).await {
+                Ok(response) => return Ok((response.map(UpstreamBody::H1), lease)),
+                // Closed before it could use our request: send it on a fresh connection.
+                Err(h1::Failure::Stale(unsent)) => request = *unsent,
+                Err(failure) => return Err(SendFailure::h1(failure)),
             }
         }
-        let mut sender = match endpoint.h1_connect(limits).await {
-            Ok(sender) => sender,
+        let io = match endpoint.open(limits.connect).await {
+            Ok(io) => io,
             Err(e) => return Err(SendFailure::connect(e, request)),
         };
-        let response = sender.try_send_request(request).await.map_err(SendFailure::reset)?;
-        Ok((
-            response,
-            Lease {
-                guard,
-                sender: Some(sender),
-            },
-        ))
+        match h1::send(h1::Conn::new(io), request, false, &endpoint).await {
+            Ok(response) => Ok((response.map(UpstreamBody::H1), lease)),
+            Err(failure) => Err(SendFailure::h1(failure)),
+        }
     }
 
-    async fn h1_connect(&self, limits: &Limits) -> Result<http1::SendRequest<RequestBody>, BoxError> {
-        let io = self.open(limits.connect).await?;
-        let (sender, connection) = http1::handshake(TokioIo::new(io)).await?;
-        let label = Arc::clone(&self.label);
-        tokio::spawn(async move {
-            if let Err(e) = connection.with_upgrades().await {
-                tracing::debug!(endpoint = %label, error = %e, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+    /// Puts a connection whose answer is complete back in the pool (or closes it, if full).
+    pub(super) fn give_back(&self, conn: h1::Conn) {
+        if let Some(idle) = self.pool.idle.as_ref() {
+            let _ = idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
     }
 
     /// The shared HTTP/2 connection, opened on first use or after it closed.

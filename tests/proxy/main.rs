@@ -22,3 +22,4 @@ mod stickiness;
 mod streaming;
 mod support;
 mod tls;
+mod upstream_h1;

@@ -1,0 +1,237 @@
+//! HTTP/1.1 answer bodies as RFC 9112 §6.3 frames them, shared by the upstream client
+//! ([`super::h1`]) and the shadow pipeline ([`super::pipeline`]): no body for `HEAD`, 1xx, 204
+//! and 304; `Transfer-Encoding: chunked`; `Content-Length`; otherwise until the server closes.
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::StatusCode;
+
+/// Largest answer head (and trailer section) read.
+pub(super) const MAX_HEAD: usize = 64 << 10;
+/// Headers parsed in an answer head.
+pub(super) const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (extensions included) accepted.
+const MAX_CHUNK_LINE: usize = 1024;
+
+/// Where a body decoder is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Framing {
+    /// This many bytes left.
+    Length(u64),
+    /// Chunked, at a chunk-size line.
+    ChunkSize,
+    /// Chunked, inside a chunk with this much data left, then its CRLF.
+    ChunkData(u64),
+    /// Chunked, in the trailer section.
+    Trailers,
+    /// Everything until the server closes.
+    UntilClose,
+}
+
+/// What [`Framing::step`] found in the buffer.
+#[derive(Debug)]
+pub(super) enum Step {
+    /// Body data, taken from the buffer without copying.
+    Data(Bytes),
+    /// The body is complete; for a chunked body with trailers, the trailer section (its lines,
+    /// with the blank line that ends it).
+    End(Option<BytesMut>),
+    /// The buffer holds nothing more of the body yet.
+    More,
+    /// Not HTTP/1.1 we can frame: the connection is unusable.
+    Invalid,
+}
+
+impl Framing {
+    /// Takes the next piece of the body out of `buf`.
+    pub(super) fn step(&mut self, buf: &mut BytesMut) -> Step {
+        loop {
+            match *self {
+                Framing::Length(0) => return Step::End(None),
+                Framing::Length(left) => return take(self, buf, left, Framing::Length),
+                Framing::ChunkData(0) => {
+                    // The CRLF that ends a chunk's data.
+                    if buf.len() < 2 {
+                        return if buf.first().is_none_or(|&b| b == b'\r') {
+                            Step::More
+                        } else {
+                            Step::Invalid
+                        };
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Step::Invalid;
+                    }
+                    buf.advance(2);
+                    *self = Framing::ChunkSize;
+                }
+                Framing::ChunkData(left) => return take(self, buf, left, Framing::ChunkData),
+                Framing::ChunkSize => match httparse::parse_chunk_size(buf) {
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        buf.advance(n);
+                        *self = if size == 0 {
+                            Framing::Trailers
+                        } else {
+                            Framing::ChunkData(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if buf.len() < MAX_CHUNK_LINE => return Step::More,
+                    _ => return Step::Invalid,
+                },
+                Framing::Trailers => {
+                    if buf.starts_with(b"\r\n") {
+                        buf.advance(2);
+                        *self = Framing::Length(0);
+                        return Step::End(None);
+                    }
+                    return match buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        Some(at) => {
+                            *self = Framing::Length(0);
+                            Step::End(Some(buf.split_to(at + 4)))
+                        }
+                        None if buf.len() < MAX_HEAD => Step::More,
+                        None => Step::Invalid,
+                    };
+                }
+                Framing::UntilClose if buf.is_empty() => return Step::More,
+                Framing::UntilClose => return Step::Data(buf.split().freeze()),
+            }
+        }
+    }
+
+    /// The body's exact length, when the framing says it.
+    pub(super) fn exact(self) -> Option<u64> {
+        match self {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        }
+    }
+}
+
+/// Takes up to `left` bytes of data; `more(rest)` is the framing after them.
+fn take(framing: &mut Framing, buf: &mut BytesMut, left: u64, more: fn(u64) -> Framing) -> Step {
+    if buf.is_empty() {
+        return Step::More;
+    }
+    let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+    *framing = more(left - n as u64);
+    Step::Data(buf.split_to(n).freeze())
+}
+
+/// How the body of an answer with `status` to a `HEAD` request (or not) is framed, and whether
+/// the server closes the connection after it. `Err`: conflicting or invalid lengths.
+pub(super) fn of(
+    response: &httparse::Response<'_, '_>,
+    status: StatusCode,
+    head_request: bool,
+) -> Result<(Framing, bool), ()> {
+    let http10 = response.version == Some(0);
+    let mut close = http10;
+    let (mut chunked, mut length, mut coded) = (false, None, false);
+    for h in response.headers.iter() {
+        if h.name.eq_ignore_ascii_case("connection") {
+            for token in h.value.split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                if token.eq_ignore_ascii_case(b"close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
+                    close = false;
+                }
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            coded = true;
+            chunked = h
+                .value
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            let value = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or(())?;
+            if length.is_some_and(|l| l != value) {
+                return Err(());
+            }
+            length = Some(value);
+        }
+    }
+    let framing = if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        Framing::Length(0)
+    } else if coded {
+        if chunked {
+            Framing::ChunkSize
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        length.map_or(Framing::UntilClose, Framing::Length)
+    };
+    if framing == Framing::UntilClose {
+        close = true;
+    }
+    Ok((framing, close))
+}
+
+/// The status of a parsed answer head.
+pub(super) fn status(response: &httparse::Response<'_, '_>) -> Result<StatusCode, ()> {
+    response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `wire` fed in pieces of `piece` bytes; returns the data and the trailer section.
+    fn decode(mut framing: Framing, wire: &[u8], piece: usize) -> Result<(Vec<u8>, Option<Vec<u8>>), ()> {
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut fed = 0;
+        loop {
+            match framing.step(&mut buf) {
+                Step::Data(d) => data.extend_from_slice(&d),
+                Step::End(trailers) => return Ok((data, trailers.map(|t| t.to_vec()))),
+                Step::Invalid => return Err(()),
+                Step::More if fed == wire.len() => return Err(()),
+                Step::More => {
+                    let n = piece.min(wire.len() - fed);
+                    buf.extend_from_slice(&wire[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_the_same_split_anywhere() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nx-checksum: 7\r\n\r\n";
+        for piece in 1..wire.len() {
+            let (data, trailers) = decode(Framing::ChunkSize, wire, piece).expect("valid");
+            assert_eq!(data, b"hello world", "piece {piece}");
+            assert_eq!(
+                trailers.as_deref(),
+                Some(&b"x-checksum: 7\r\n\r\n"[..]),
+                "piece {piece}"
+            );
+        }
+        let plain = b"2\r\nok\r\n0\r\n\r\n";
+        assert_eq!(decode(Framing::ChunkSize, plain, 1), Ok((b"ok".to_vec(), None)));
+    }
+
+    #[test]
+    fn lengths_and_bad_chunks() {
+        assert_eq!(decode(Framing::Length(3), b"abc", 2), Ok((b"abc".to_vec(), None)));
+        assert_eq!(decode(Framing::Length(0), b"", 1), Ok((Vec::new(), None)));
+        assert!(decode(Framing::ChunkSize, b"zz\r\n", 1).is_err(), "not hex");
+        assert!(
+            decode(Framing::ChunkSize, b"2\r\nokXX0\r\n\r\n", 1).is_err(),
+            "no CRLF after data"
+        );
+        assert!(decode(Framing::ChunkSize, b"2\r\nok\r\n", 1).is_err(), "ends early");
+        let mut framing = Framing::ChunkSize;
+        let mut long = BytesMut::from(&[b'1'; MAX_CHUNK_LINE][..]);
+        assert!(matches!(framing.step(&mut long), Step::Invalid), "endless size line");
+    }
+}

@@ -1,0 +1,593 @@
+//! HTTP/1.1 to an upstream, driven by the request's own task: no connection task, no channel.
+//!
+//! A [`Conn`] is a connection with its read and write buffers. [`send`] writes the request head
+//! and streams its body while watching for the answer (an upstream may answer before it has read
+//! the whole body), then hands back the answer's head with an [`H1Body`] that reads the body
+//! straight from the socket, keeps sending what is left of the request body (full duplex), and
+//! puts the connection back in its endpoint's pool the moment the answer is complete.
+//!
+//! Request framing: a body of known length goes with `Content-Length`, any other with
+//! `Transfer-Encoding: chunked` (trailers included); the client's own framing headers are not
+//! trusted. Answers are framed by [`super::framing`]. 1xx answers other than 101 are skipped;
+//! a 101 to an upgrade request hands the connection over ([`H1Body::into_upgrade`]).
+
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::{pin, Pin};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use super::framing::{self, Framing, Step, MAX_HEAD, MAX_HEADERS};
+use super::{Endpoint, RequestBody, UpstreamIo};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Read buffer growth: enough for a typical answer in one read.
+const READ_CHUNK: usize = 16 << 10;
+
+/// One HTTP/1.1 connection to an upstream, idle between requests.
+pub(super) struct Conn {
+    io: UpstreamIo,
+    /// Bytes read and not yet used.
+    read: BytesMut,
+    /// The request being written; `written` of it are on the wire.
+    out: Vec<u8>,
+    written: usize,
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn").field("buffered", &self.read.len()).finish()
+    }
+}
+
+impl Conn {
+    /// A freshly opened connection.
+    pub(super) fn new(io: UpstreamIo) -> Self {
+        Self {
+            io,
+            read: BytesMut::new(),
+            out: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// Whether an idle connection can take a request: the server has neither closed it nor sent
+    /// anything unasked. Costs no system call unless the socket became readable since its last
+    /// read (the reactor says so).
+    pub(super) fn is_usable(&mut self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut probe = [0u8; 1];
+        let mut probe = ReadBuf::new(&mut probe);
+        matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+    }
+
+    /// Reads more into `read`.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 4 {
+            self.read.reserve(READ_CHUNK);
+        }
+        pin!(self.io.read_buf(&mut self.read)).poll(cx)
+    }
+
+    /// Writes what is left of `out`, then flushes.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.out.len() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.written..])) {
+                Ok(0) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.written += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.out.clear();
+        self.written = 0;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+}
+
+/// The request body still to be sent.
+struct Sending {
+    body: RequestBody,
+    chunked: bool,
+}
+
+/// Why the request body stopped.
+enum WriteFailed {
+    /// The connection failed.
+    Io(io::Error),
+    /// The client's body did (a bad chunk, the client gone, over the size limit).
+    Client(BoxError),
+}
+
+/// Where the write side is.
+struct Writer {
+    /// The body, while some of it is still to come.
+    sending: Option<Sending>,
+    /// Whether any byte reached the connection, or the body was polled.
+    started: bool,
+    /// The connection failed while writing: it cannot be reused.
+    broken: bool,
+}
+
+impl Writer {
+    /// Whether the whole request is on the wire.
+    fn done(&self, conn: &Conn) -> bool {
+        self.sending.is_none() && conn.out.is_empty()
+    }
+
+    /// Writes the request: the head already in `conn.out`, then the body frame by frame.
+    fn poll(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), WriteFailed>> {
+        loop {
+            if !conn.out.is_empty() {
+                self.started = true;
+            }
+            if let Err(e) = ready!(conn.poll_drain(cx)) {
+                self.broken = true;
+                self.sending = None;
+                return Poll::Ready(Err(WriteFailed::Io(e)));
+            }
+            let Some(sending) = self.sending.as_mut() else {
+                return Poll::Ready(Ok(()));
+            };
+            self.started = true;
+            let chunked = sending.chunked;
+            match ready!(Pin::new(&mut sending.body).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if chunked => {
+                        put_hex(&mut conn.out, data.len());
+                        conn.out.extend_from_slice(b"\r\n");
+                        conn.out.extend_from_slice(&data);
+                        conn.out.extend_from_slice(b"\r\n");
+                    }
+                    Ok(data) => conn.out.extend_from_slice(&data),
+                    Err(frame) => {
+                        if let (true, Ok(trailers)) = (chunked, frame.into_trailers()) {
+                            conn.out.extend_from_slice(b"0\r\n");
+                            put_headers(&mut conn.out, &trailers);
+                            conn.out.extend_from_slice(b"\r\n");
+                            self.sending = None;
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    self.broken = true;
+                    self.sending = None;
+                    return Poll::Ready(Err(WriteFailed::Client(e)));
+                }
+                None => {
+                    if chunked {
+                        conn.out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    self.sending = None;
+                }
+            }
+        }
+    }
+}
+
+/// Why a request got no answer.
+pub(super) enum Failure {
+    /// The connection was already closed: nothing of the request can have been used, and here
+    /// it is back, to go out on another connection.
+    Stale(Box<Request<RequestBody>>),
+    /// The upstream failed: closed, reset, or answered with something that is not HTTP/1.1.
+    Upstream(BoxError),
+    /// The client's request body failed.
+    Client(BoxError),
+}
+
+/// The answer's head, parsed.
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    framing: Framing,
+    close: bool,
+}
+
+/// Sends `request` over `conn` (`reused`: it served a request before) and reads the answer's
+/// head. The body comes with the answer; it returns the connection to `home`'s pool when done.
+pub(super) async fn send(
+    mut conn: Conn,
+    request: Request<RequestBody>,
+    reused: bool,
+    home: &Arc<Endpoint>,
+) -> Result<Response<H1Body>, Failure> {
+    let (parts, body) = request.into_parts();
+    let empty = body.is_end_stream();
+    let chunked = encode_head(&mut conn.out, &parts, &body);
+    let upgrade = parts
+        .headers
+        .get(header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"upgrade"));
+    let mut writer = Writer {
+        sending: (!empty).then_some(Sending { body, chunked }),
+        started: false,
+        broken: false,
+    };
+    let head_request = parts.method == Method::HEAD;
+    let head = poll_fn(|cx| poll_head(&mut conn, &mut writer, cx, head_request, upgrade)).await;
+    let head = match head {
+        Ok(head) => head,
+        Err(HeadFailed::Client(e)) => return Err(Failure::Client(e)),
+        Err(HeadFailed::Upstream(e, nothing_back)) => {
+            // Closed with nothing of the request read (the server shut an idle connection as
+            // it went out): safe to send again when nothing was written, or when a repeat is
+            // harmless (an idempotent request without a body, RFC 9110 §9.2.2).
+            let unused = !writer.started || (reused && empty && parts.method.is_idempotent());
+            if nothing_back && unused {
+                return Err(Failure::Stale(Box::new(Request::from_parts(
+                    parts,
+                    RequestBody::buffered(Bytes::new()),
+                ))));
+            }
+            return Err(Failure::Upstream(e));
+        }
+    };
+    let switching = head.status == StatusCode::SWITCHING_PROTOCOLS;
+    let request_sent = writer.done(&conn) && !writer.broken;
+    let writer = (!request_sent && !writer.broken).then(|| Box::new(writer));
+    let mut response = Response::new(H1Body {
+        conn: Some(conn),
+        framing: head.framing,
+        reusable: !head.close && !switching && (request_sent || writer.is_some()),
+        writer,
+        home: Arc::clone(home),
+    });
+    *response.status_mut() = head.status;
+    *response.headers_mut() = head.headers;
+    response.body_mut().finish_if_complete();
+    Ok(response)
+}
+
+enum HeadFailed {
+    Client(BoxError),
+    /// The upstream's fault; `true` when nothing at all came back.
+    Upstream(BoxError, bool),
+}
+
+/// Writes the request and reads until the answer's final head is complete.
+fn poll_head(
+    conn: &mut Conn,
+    writer: &mut Writer,
+    cx: &mut Context<'_>,
+    head_request: bool,
+    upgrade: bool,
+) -> Poll<Result<Head, HeadFailed>> {
+    let mut write_error = None;
+    let mut received = false;
+    loop {
+        if !writer.done(conn) && !writer.broken {
+            match writer.poll(conn, cx) {
+                Poll::Ready(Err(WriteFailed::Client(e))) => return Poll::Ready(Err(HeadFailed::Client(e))),
+                // The server may have answered and closed (say 413 before reading the body):
+                // its answer, if one comes, says more than the write error.
+                Poll::Ready(Err(WriteFailed::Io(e))) => write_error = Some(e),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        match parse_head(&mut conn.read, head_request, upgrade) {
+            Ok(Some(head)) => return Poll::Ready(Ok(head)),
+            Ok(None) => {}
+            Err(why) => return Poll::Ready(Err(HeadFailed::Upstream(why.into(), false))),
+        }
+        received |= !conn.read.is_empty();
+        match conn.poll_fill(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(Ok(0)) => {
+                let why: BoxError = match write_error.take() {
+                    Some(e) => Box::new(e),
+                    None => "connection closed before the answer".into(),
+                };
+                return Poll::Ready(Err(HeadFailed::Upstream(why, !received)));
+            }
+            Poll::Ready(Ok(_)) => received = true,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(HeadFailed::Upstream(Box::new(e), !received))),
+        }
+    }
+}
+
+/// Parses the final answer head at the start of `read`, skipping 1xx answers before it.
+fn parse_head(read: &mut BytesMut, head_request: bool, upgrade: bool) -> Result<Option<Head>, &'static str> {
+    loop {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut slots);
+        let n = match response.parse(read) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if read.len() > MAX_HEAD => return Err("answer head too large"),
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err("malformed answer head"),
+        };
+        let status = framing::status(&response).map_err(|()| "invalid answer status")?;
+        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+            // 100 Continue, 103 Early Hints: the final answer follows.
+            read.advance(n);
+            continue;
+        }
+        if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
+            return Err("101 to a request that asked for no upgrade");
+        }
+        let (framing, close) = framing::of(&response, status, head_request).map_err(|()| "invalid content-length")?;
+        let mut headers = HeaderMap::with_capacity(response.headers.len());
+        for h in response.headers.iter() {
+            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid header name")?;
+            let value = HeaderValue::from_bytes(h.value).map_err(|_| "invalid header value")?;
+            headers.append(name, value);
+        }
+        read.advance(n);
+        return Ok(Some(Head {
+            status,
+            headers,
+            framing,
+            close,
+        }));
+    }
+}
+
+/// Writes the request line and headers; returns whether the body goes chunked.
+fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> bool {
+    out.clear();
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = match (&parts.method, parts.uri.authority()) {
+        (&Method::CONNECT, Some(authority)) => authority.as_str(),
+        _ => parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+    };
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let (length, chunked) = match body.size_hint().exact() {
+        // No body: keep whatever the client said (`Content-Length: 0` or nothing).
+        Some(0) if body.is_end_stream() => (None, false),
+        Some(n) => (Some(n), false),
+        None => (None, true),
+    };
+    let reframed = length.is_some() || chunked;
+    for (name, value) in &parts.headers {
+        if reframed && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
+            continue;
+        }
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(n) = length {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa(n, &mut [0; 20]));
+        out.extend_from_slice(b"\r\n");
+    } else if chunked {
+        out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    chunked
+}
+
+fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+fn put_hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.put_u8(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
+    }
+}
+
+/// `n` in decimal, written into the end of `buf`.
+fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// An upstream answer's body, read straight from the connection.
+pub struct H1Body {
+    /// The connection, until the body is complete.
+    conn: Option<Conn>,
+    framing: Framing,
+    /// Whether the connection may take another request once this answer is read.
+    reusable: bool,
+    /// What is left of the request body, when the answer started before it was all sent.
+    writer: Option<Box<Writer>>,
+    home: Arc<Endpoint>,
+}
+
+impl std::fmt::Debug for H1Body {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H1Body")
+            .field("framing", &self.framing)
+            .field("reusable", &self.reusable)
+            .finish()
+    }
+}
+
+/// A connection that switched protocols, and what the upstream already sent on it.
+#[derive(Debug)]
+pub struct Upgraded {
+    /// The connection.
+    pub io: UpstreamIo,
+    /// Bytes of the new protocol read with the 101 answer.
+    pub read: Bytes,
+}
+
+impl H1Body {
+    /// For a `101 Switching Protocols` answer: the connection, now the upstream end of a tunnel.
+    pub fn into_upgrade(mut self) -> Option<Upgraded> {
+        if self.reusable || self.framing != Framing::Length(0) {
+            return None;
+        }
+        let conn = self.conn.take()?;
+        Some(Upgraded {
+            io: conn.io,
+            read: conn.read.freeze(),
+        })
+    }
+
+    /// Once the answer is read: the connection goes back to the pool if it can take another
+    /// request, and is closed otherwise.
+    fn finish_if_complete(&mut self) {
+        if self.framing != Framing::Length(0) || !self.reusable {
+            return;
+        }
+        let Some(conn) = self.conn.take() else { return };
+        let request_sent = self.writer.as_ref().is_none_or(|w| w.done(&conn) && !w.broken);
+        if request_sent && conn.read.is_empty() {
+            self.home.give_back(conn);
+        }
+    }
+}
+
+impl Body for H1Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let (Some(writer), Some(conn)) = (this.writer.as_mut(), this.conn.as_mut()) {
+            if !writer.done(conn) && !writer.broken {
+                // Full duplex: keep the request body going while the answer streams. A failure
+                // there only means this connection cannot be reused.
+                let _ = writer.poll(conn, cx);
+            }
+        }
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match this.framing.step(&mut conn.read) {
+                Step::Data(data) => {
+                    this.finish_if_complete();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Step::End(trailers) => {
+                    this.framing = Framing::Length(0);
+                    this.finish_if_complete();
+                    this.conn = None;
+                    return Poll::Ready(match trailers.map(|t| parse_trailers(&t)) {
+                        None | Some(Ok(None)) => None,
+                        Some(Ok(Some(trailers))) => Some(Ok(Frame::trailers(trailers))),
+                        Some(Err(e)) => Some(Err(e.into())),
+                    });
+                }
+                Step::Invalid => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err("malformed answer body".into())));
+                }
+                Step::More => {}
+            }
+            match ready!(conn.poll_fill(cx)) {
+                Ok(0) if this.framing == Framing::UntilClose => {
+                    this.framing = Framing::Length(0);
+                    this.conn = None;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err("upstream closed before the end of the answer".into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none() || self.framing == Framing::Length(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (self.conn.is_some(), self.framing.exact()) {
+            (false, _) => SizeHint::with_exact(0),
+            (true, Some(n)) => SizeHint::with_exact(n),
+            (true, None) => SizeHint::default(),
+        }
+    }
+}
+
+/// The trailer section of a chunked answer, if it has any valid field.
+fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    let fields = match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => return Err("malformed trailers"),
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for f in fields.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "invalid trailer name")?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| "invalid trailer value")?;
+        trailers.append(name, value);
+    }
+    Ok((!trailers.is_empty()).then_some(trailers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal_and_hex() {
+        assert_eq!(itoa(0, &mut [0; 20]), b"0");
+        assert_eq!(itoa(1234567890, &mut [0; 20]), b"1234567890");
+        assert_eq!(itoa(u64::MAX, &mut [0; 20]), u64::MAX.to_string().as_bytes());
+        for n in [0usize, 1, 15, 16, 255, 4096, 0xabcdef] {
+            let mut out = Vec::new();
+            put_hex(&mut out, n);
+            assert_eq!(out, format!("{n:x}").as_bytes());
+        }
+    }
+
+    #[test]
+    fn answer_heads_parse_and_1xx_is_skipped() {
+        let mut read = BytesMut::from(
+            &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok"[..],
+        );
+        let head = parse_head(&mut read, false, false).expect("valid").expect("complete");
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.framing, Framing::Length(2));
+        assert!(!head.close);
+        assert_eq!(head.headers["x-a"], "b");
+        assert_eq!(&read[..], b"ok");
+        let mut partial = BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Len"[..]);
+        assert!(parse_head(&mut partial, false, false).expect("valid").is_none());
+        let mut unasked = BytesMut::from(&b"HTTP/1.1 101 Switching Protocols\r\n\r\n"[..]);
+        assert!(parse_head(&mut unasked, false, false).is_err());
+        let mut old = BytesMut::from(&b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"[..]);
+        assert!(
+            parse_head(&mut old, false, false)
+                .expect("valid")
+                .expect("complete")
+                .close
+        );
+    }
+
+    #[test]
+    fn trailers_parse() {
+        let trailers = parse_trailers(b"grpc-status: 0\r\n\r\n").expect("valid").expect("some");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(parse_trailers(b"bad header\r\n\r\n").is_err());
+    }
+}

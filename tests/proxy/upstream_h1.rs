@@ -1,0 +1,265 @@
+//! sluice's own HTTP/1.1 client, against raw-socket upstreams that do what hyper-based test
+//! servers never do: close a pooled connection under a request, answer before the upload ends,
+//! send trailers, frame a body by closing, and send bytes of the new protocol with a 101.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::support::*;
+
+/// Reads one request head (no body) from `stream`; `None` when the connection closes first.
+async fn read_request_head(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A raw upstream: for each accepted connection, `serve(connection number, stream)`.
+async fn raw_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(usize, TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(n, stream));
+        }
+    });
+    (addr, connections)
+}
+
+fn request_line(head: &str) -> String {
+    head.lines().next().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_connections_the_upstream_closed_are_replaced_without_failing_requests() {
+    // Answers one request per connection, without `Connection: close`, then closes.
+    let (addr, connections) = raw_upstream(|_, mut stream| async move {
+        let mut buf = Vec::new();
+        if read_request_head(&mut stream, &mut buf).await.is_some() {
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nonce")
+                .await;
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    let client = http1_client();
+    for i in 0..20 {
+        let (status, body) = get(&client, &proxy.url(&format!("/{i}")), None).await;
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"once"[..]), "request {i}");
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 20, "one connection per answer");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_the_upstream_dropped_on_a_reused_connection_is_sent_again_but_a_post_is_not() {
+    // Answers the first request of each connection; reads the second and closes unanswered,
+    // as a server shutting an idle connection does when a request crosses its close.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&seen);
+    let (addr, connections) = raw_upstream(move |_, mut stream| {
+        let log = Arc::clone(&log);
+        async move {
+            let mut buf = Vec::new();
+            for answered in [true, false] {
+                let Some(head) = read_request_head(&mut stream, &mut buf).await else {
+                    return;
+                };
+                log.lock().expect("log").push(request_line(&head));
+                if answered {
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    let client = http1_client();
+
+    let (status, _) = get(&client, &proxy.url("/first"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    // Goes out on the pooled connection, which the upstream closes: sent again on a new one.
+    let (status, body) = get(&client, &proxy.url("/again"), None).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+    // A POST with a body is not repeated: its fate on the closed connection is unknown.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(proxy.url("/once"))
+        .body(full("data"))
+        .expect("request");
+    let response = client.request(request).await.expect("response");
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        *seen.lock().expect("log"),
+        [
+            "GET /first HTTP/1.1",
+            "GET /again HTTP/1.1",
+            "GET /again HTTP/1.1",
+            "POST /once HTTP/1.1"
+        ]
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_before_the_upload_ends_reaches_the_client() {
+    // Refuses the upload after its head, then reads the rest of it away and closes.
+    let (addr, _) = raw_upstream(move |_, mut stream| async move {
+        let mut buf = Vec::new();
+        if read_request_head(&mut stream, &mut buf).await.is_none() {
+            return;
+        }
+        let _ = stream
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
+            .await;
+        let mut chunk = vec![0u8; 64 << 10];
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    let (tx, body) = channel_body(4);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(proxy.url("/upload"))
+        .body(body)
+        .expect("request");
+    let client = http1_client();
+    let sending = tokio::spawn(async move {
+        // 1 MiB now; the rest never comes until the answer is in.
+        let _ = tx.send(http_body::Frame::data(pattern(0, 1 << 20))).await;
+        tx
+    });
+    let response = within("the early answer", client.request(request))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(&body[..], b"too big\n");
+    drop(sending.await.expect("sender"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_trailers_from_an_http1_upstream_reach_an_h2_client() {
+    let (addr, _) = raw_upstream(|_, mut stream| async move {
+        let mut buf = Vec::new();
+        while read_request_head(&mut stream, &mut buf).await.is_some() {
+            let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: grpc-status\r\n\r\n\
+                5\r\nhello\r\n6\r\n world\r\n0\r\ngrpc-status: 0\r\ngrpc-message: fine\r\n\r\n";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    let client = h2c_client();
+    for _ in 0..3 {
+        let request = Request::builder()
+            .uri(proxy.url("/stream"))
+            .header("te", "trailers")
+            .body(empty())
+            .expect("request");
+        let response = client.request(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let collected = response.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().expect("trailers arrive");
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(trailers["grpc-message"], "fine");
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"hello world"));
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_framed_by_close_arrives_whole_and_its_connection_is_not_reused() {
+    let (addr, connections) = raw_upstream(|n, mut stream| async move {
+        let mut buf = Vec::new();
+        if read_request_head(&mut stream, &mut buf).await.is_some() {
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close {n}");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    let client = http1_client();
+    for n in 0..3 {
+        let (status, body) = get(&client, &proxy.url("/"), None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, format!("until close {n}").into_bytes());
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_sent_with_a_101_reach_the_client_first() {
+    let (addr, _) = raw_upstream(|_, mut stream| async move {
+        let mut buf = Vec::new();
+        if read_request_head(&mut stream, &mut buf).await.is_none() {
+            return;
+        }
+        // The 101 and the new protocol's first bytes in one write, then an echo.
+        let _ = stream
+            .write_all(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: demo\r\nconnection: upgrade\r\n\r\nhello first")
+            .await;
+        let mut chunk = [0u8; 1024];
+        while let Ok(n) = stream.read(&mut chunk).await {
+            if n == 0 || stream.write_all(&chunk[..n]).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    stream
+        .write_all(b"GET /up HTTP/1.1\r\nHost: p.test\r\nUpgrade: demo\r\nConnection: upgrade\r\n\r\n")
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !got.ends_with(b"hello first") {
+        let n = within("the 101 and the first bytes", stream.read(&mut chunk))
+            .await
+            .expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    stream.write_all(b"ping").await.expect("write");
+    let mut echo = [0u8; 4];
+    within("the echo", stream.read_exact(&mut echo)).await.expect("echo");
+    assert_eq!(&echo, b"ping");
+}
