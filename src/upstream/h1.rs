@@ -30,6 +30,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Read buffer growth: enough for a typical answer in one read.
 const READ_CHUNK: usize = 16 << 10;
+/// Largest write buffer an idle connection keeps.
+const MAX_IDLE_WRITE_BUFFER: usize = 64 << 10;
 
 /// One HTTP/1.1 connection to an upstream, idle between requests.
 pub(super) struct Conn {
@@ -48,14 +50,14 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// A freshly opened connection.
-    pub(super) fn new(io: UpstreamIo) -> Self {
-        Self {
+    /// A freshly opened connection, boxed: it moves between the pool and each request's state.
+    pub(super) fn new(io: UpstreamIo) -> Box<Self> {
+        Box::new(Self {
             io,
             read: BytesMut::new(),
             out: Vec::new(),
             written: 0,
-        }
+        })
     }
 
     /// Whether an idle connection can take a request: the server has neither closed it nor sent
@@ -69,6 +71,14 @@ impl Conn {
         let mut probe = [0u8; 1];
         let mut probe = ReadBuf::new(&mut probe);
         matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut probe), Poll::Pending)
+    }
+
+    /// Ready to wait in the pool: a write buffer grown by a large upload is let go.
+    fn idle(mut self: Box<Self>) -> Box<Self> {
+        if self.out.capacity() > MAX_IDLE_WRITE_BUFFER {
+            self.out = Vec::new();
+        }
+        self
     }
 
     /// Reads more into `read`.
@@ -112,7 +122,7 @@ enum WriteFailed {
 struct Writer {
     /// The body, while some of it is still to come.
     sending: Option<Sending>,
-    /// Whether any byte reached the connection, or the body was polled.
+    /// Whether any byte was written, or the body polled: the request cannot be given back.
     started: bool,
     /// The connection failed while writing: it cannot be reused.
     broken: bool,
@@ -127,10 +137,10 @@ impl Writer {
     /// Writes the request: the head already in `conn.out`, then the body frame by frame.
     fn poll(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), WriteFailed>> {
         loop {
-            if !conn.out.is_empty() {
-                self.started = true;
-            }
-            if let Err(e) = ready!(conn.poll_drain(cx)) {
+            let unwritten = conn.out.len() - conn.written;
+            let drained = conn.poll_drain(cx);
+            self.started |= conn.out.len() - conn.written < unwritten;
+            if let Err(e) = ready!(drained) {
                 self.broken = true;
                 self.sending = None;
                 return Poll::Ready(Err(WriteFailed::Io(e)));
@@ -197,7 +207,7 @@ struct Head {
 /// Sends `request` over `conn` (`reused`: it served a request before) and reads the answer's
 /// head. The body comes with the answer; it returns the connection to `home`'s pool when done.
 pub(super) async fn send(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     request: Request<RequestBody>,
     reused: bool,
     home: &Arc<Endpoint>,
@@ -296,34 +306,68 @@ fn poll_head(
     }
 }
 
-/// Parses the final answer head at the start of `read`, skipping 1xx answers before it.
+/// Header fields parsed on a first try; a head with more is parsed again with room for
+/// [`MAX_HEADERS`].
+const FEW_HEADERS: usize = 24;
+
+/// Where a field's name and value are in the head: `(name start, name end, value start, value end)`.
+type Span = (usize, usize, usize, usize);
+
+/// What one parse of the buffer found.
+enum Parsed {
+    Partial,
+    /// A 1xx (not 101) answer of this length: the final answer follows.
+    Informational(usize),
+    Final {
+        len: usize,
+        status: StatusCode,
+        framing: Framing,
+        close: bool,
+        fields: usize,
+    },
+}
+
+/// Parses the final answer head at the start of `read`, skipping 1xx answers before it. The
+/// header values share the head's bytes rather than being copied.
 fn parse_head(read: &mut BytesMut, head_request: bool, upgrade: bool) -> Result<Option<Head>, &'static str> {
     loop {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let n = match response.parse(read) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) if read.len() > MAX_HEAD => return Err("answer head too large"),
-            Ok(httparse::Status::Partial) => return Ok(None),
+        let mut spans = [(0, 0, 0, 0); FEW_HEADERS];
+        let mut many = Vec::new();
+        let mut parsed = locate::<FEW_HEADERS>(read, &mut spans, head_request);
+        if let Err(httparse::Error::TooManyHeaders) = parsed {
+            many = vec![(0, 0, 0, 0); MAX_HEADERS];
+            parsed = locate::<MAX_HEADERS>(read, &mut many, head_request);
+        }
+        let spans = if many.is_empty() { &spans[..] } else { &many[..] };
+        let (len, status, framing, close, fields) = match parsed {
+            Ok(Parsed::Partial) if read.len() > MAX_HEAD => return Err("answer head too large"),
+            Ok(Parsed::Partial) => return Ok(None),
+            Ok(Parsed::Informational(len)) => {
+                read.advance(len);
+                continue;
+            }
+            Ok(Parsed::Final {
+                len,
+                status,
+                framing,
+                close,
+                fields,
+            }) => (len, status, framing, close, fields),
+            Err(httparse::Error::Status) => return Err("invalid answer status"),
+            Err(httparse::Error::TooManyHeaders) => return Err("too many header fields in the answer"),
             Err(_) => return Err("malformed answer head"),
         };
-        let status = framing::status(&response).map_err(|()| "invalid answer status")?;
-        if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
-            // 100 Continue, 103 Early Hints: the final answer follows.
-            read.advance(n);
-            continue;
-        }
         if status == StatusCode::SWITCHING_PROTOCOLS && !upgrade {
             return Err("101 to a request that asked for no upgrade");
         }
-        let (framing, close) = framing::of(&response, status, head_request).map_err(|()| "invalid content-length")?;
-        let mut headers = HeaderMap::with_capacity(response.headers.len());
-        for h in response.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| "invalid header name")?;
-            let value = HeaderValue::from_bytes(h.value).map_err(|_| "invalid header value")?;
+        let head = read.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(fields);
+        for &(name_start, name_end, value_start, value_end) in &spans[..fields] {
+            let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| "invalid header name")?;
+            let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
+                .map_err(|_| "invalid header value")?;
             headers.append(name, value);
         }
-        read.advance(n);
         return Ok(Some(Head {
             status,
             headers,
@@ -331,6 +375,34 @@ fn parse_head(read: &mut BytesMut, head_request: bool, upgrade: bool) -> Result<
             close,
         }));
     }
+}
+
+/// Parses with room for `N` fields, noting where each is in `read`.
+fn locate<const N: usize>(read: &[u8], spans: &mut [Span], head_request: bool) -> Result<Parsed, httparse::Error> {
+    let mut slots = [httparse::EMPTY_HEADER; N];
+    let mut response = httparse::Response::new(&mut slots);
+    let len = match response.parse(read)? {
+        httparse::Status::Complete(len) => len,
+        httparse::Status::Partial => return Ok(Parsed::Partial),
+    };
+    let status = framing::status(&response).map_err(|()| httparse::Error::Status)?;
+    if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
+        return Ok(Parsed::Informational(len));
+    }
+    let (framing, close) = framing::of(&response, status, head_request).map_err(|()| httparse::Error::HeaderValue)?;
+    let base = read.as_ptr() as usize;
+    for (span, h) in spans.iter_mut().zip(response.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (name, name + h.name.len(), value, value + h.value.len());
+    }
+    Ok(Parsed::Final {
+        len,
+        status,
+        framing,
+        close,
+        fields: response.headers.len(),
+    })
 }
 
 /// Writes the request line and headers; returns whether the body goes chunked.
@@ -404,7 +476,7 @@ fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
 /// An upstream answer's body, read straight from the connection.
 pub struct H1Body {
     /// The connection, until the body is complete.
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     framing: Framing,
     /// Whether the connection may take another request once this answer is read.
     reusable: bool,
@@ -437,7 +509,7 @@ impl H1Body {
         if self.reusable || self.framing != Framing::Length(0) {
             return None;
         }
-        let conn = self.conn.take()?;
+        let conn = *self.conn.take()?;
         Some(Upgraded {
             io: conn.io,
             read: conn.read.freeze(),
@@ -453,7 +525,7 @@ impl H1Body {
         let Some(conn) = self.conn.take() else { return };
         let request_sent = self.writer.as_ref().is_none_or(|w| w.done(&conn) && !w.broken);
         if request_sent && conn.read.is_empty() {
-            self.home.give_back(conn);
+            self.home.give_back(conn.idle());
         }
     }
 }
@@ -582,6 +654,26 @@ mod tests {
                 .expect("complete")
                 .close
         );
+    }
+
+    #[test]
+    fn heads_with_more_fields_than_the_first_try_holds_parse_whole() {
+        let mut wire = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..FEW_HEADERS + 6 {
+            wire.push_str(&format!("x-field-{i}: value {i}\r\n"));
+        }
+        wire.push_str("content-length: 0\r\n\r\n");
+        let mut read = BytesMut::from(wire.as_bytes());
+        let head = parse_head(&mut read, false, false).expect("valid").expect("complete");
+        assert_eq!(head.headers.len(), FEW_HEADERS + 7);
+        assert_eq!(head.headers["x-field-29"], "value 29");
+        assert!(read.is_empty());
+        let mut too_many = String::from("HTTP/1.1 200 OK\r\n");
+        for i in 0..=MAX_HEADERS {
+            too_many.push_str(&format!("x-{i}: v\r\n"));
+        }
+        too_many.push_str("\r\n");
+        assert!(parse_head(&mut BytesMut::from(too_many.as_bytes()), false, false).is_err());
     }
 
     #[test]

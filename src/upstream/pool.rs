@@ -41,7 +41,8 @@ enum BodyKind {
     Client {
         inner: Incoming,
         remaining: u64,
-        tee: Option<Tee>,
+        /// Boxed: rarely there, and the body moves with its request.
+        tee: Option<Box<Tee>>,
     },
     Buffered(Option<Bytes>),
 }
@@ -121,7 +122,7 @@ impl RequestBody {
             kind: BodyKind::Client {
                 inner,
                 remaining: limit,
-                tee,
+                tee: tee.map(Box::new),
             },
         }
     }
@@ -207,7 +208,7 @@ pub fn is_body_too_large(error: &(dyn StdError + 'static)) -> bool {
 }
 
 struct Idle {
-    conn: h1::Conn,
+    conn: Box<h1::Conn>,
     since: Instant,
 }
 
@@ -258,7 +259,7 @@ impl Pool {
     }
 
     /// A pooled HTTP/1.1 connection that is still open and not idle for too long.
-    fn take_idle(&self, limits: &Limits) -> Option<h1::Conn> {
+    fn take_idle(&self, limits: &Limits) -> Option<Box<h1::Conn>> {
         let idle = self.idle.as_ref()?;
         while let Some(mut entry) = idle.pop() {
             if entry.since.elapsed() < limits.idle && entry.conn.is_usable() {
@@ -421,7 +422,7 @@ impl Endpoint {
     }
 
     /// Puts a connection whose answer is complete back in the pool (or closes it, if full).
-    pub(super) fn give_back(&self, conn: h1::Conn) {
+    pub(super) fn give_back(&self, conn: Box<h1::Conn>) {
         if let Some(idle) = self.pool.idle.as_ref() {
             let _ = idle.push(Idle {
                 conn,
