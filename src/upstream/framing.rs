@@ -124,17 +124,14 @@ pub(super) fn of(
     head_request: bool,
 ) -> Result<(Framing, bool), ()> {
     let http10 = response.version == Some(0);
-    let mut close = http10;
+    let (mut close, mut keep_alive) = (false, false);
     let (mut chunked, mut length, mut coded) = (false, None, false);
     for h in response.headers.iter() {
         if h.name.eq_ignore_ascii_case("connection") {
             for token in h.value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && http10 {
-                    close = false;
-                }
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             coded = true;
@@ -144,9 +141,13 @@ pub(super) fn of(
                 .next()
                 .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if h.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value)
+            let digits = h.value.trim_ascii();
+            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return Err(());
+            }
+            let value = std::str::from_utf8(digits)
                 .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok())
+                .and_then(|v| v.parse::<u64>().ok())
                 .ok_or(())?;
             if length.is_some_and(|l| l != value) {
                 return Err(());
@@ -154,6 +155,11 @@ pub(super) fn of(
             length = Some(value);
         }
     }
+    // `close` always wins; HTTP/1.0 keeps the connection only when asked to.
+    close |= http10 && !keep_alive;
+    // Transfer-Encoding with Content-Length, or in HTTP/1.0, is faulty framing (RFC 9112
+    // §6.1, §6.3): the body is still read by its coding, but the connection is not reused.
+    close |= coded && (length.is_some() || http10);
     let framing = if head_request
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -218,6 +224,58 @@ mod tests {
         }
         let plain = b"2\r\nok\r\n0\r\n\r\n";
         assert_eq!(decode(Framing::ChunkSize, plain, 1), Ok((b"ok".to_vec(), None)));
+    }
+
+    fn framing_of(head: &str, head_request: bool) -> Result<(Framing, bool), ()> {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut response = httparse::Response::new(&mut slots);
+        assert!(response.parse(head.as_bytes()).expect("parses").is_complete());
+        let status = status(&response)?;
+        of(&response, status, head_request)
+    }
+
+    #[test]
+    fn framing_and_reuse_follow_rfc_9112() {
+        let ok = |headers: &str| framing_of(&format!("HTTP/1.1 200 OK\r\n{headers}\r\n"), false);
+        assert_eq!(ok("content-length: 5\r\n"), Ok((Framing::Length(5), false)));
+        assert_eq!(ok("transfer-encoding: chunked\r\n"), Ok((Framing::ChunkSize, false)));
+        assert_eq!(ok(""), Ok((Framing::UntilClose, true)));
+        assert_eq!(ok("transfer-encoding: gzip\r\n"), Ok((Framing::UntilClose, true)));
+        // Both: the coding frames the body, and the connection is not reused.
+        assert_eq!(
+            ok("transfer-encoding: chunked\r\ncontent-length: 5\r\n"),
+            Ok((Framing::ChunkSize, true))
+        );
+        assert_eq!(ok("content-length: 5\r\ncontent-length: 6\r\n"), Err(()));
+        assert_eq!(ok("content-length: +5\r\n"), Err(()), "digits only");
+        assert_eq!(ok("content-length: \r\n"), Err(()));
+        assert_eq!(
+            ok("connection: keep-alive, close\r\ncontent-length: 0\r\n"),
+            Ok((Framing::Length(0), true))
+        );
+        let old = |headers: &str| framing_of(&format!("HTTP/1.0 200 OK\r\n{headers}\r\n"), false);
+        assert_eq!(old("content-length: 1\r\n"), Ok((Framing::Length(1), true)));
+        assert_eq!(
+            old("connection: keep-alive\r\ncontent-length: 1\r\n"),
+            Ok((Framing::Length(1), false))
+        );
+        assert_eq!(
+            old("connection: close, keep-alive\r\ncontent-length: 1\r\n"),
+            Ok((Framing::Length(1), true))
+        );
+        assert_eq!(
+            old("connection: keep-alive\r\ntransfer-encoding: chunked\r\n"),
+            Ok((Framing::ChunkSize, true))
+        );
+        // No body, whatever the headers say.
+        assert_eq!(
+            framing_of("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", true),
+            Ok((Framing::Length(0), false))
+        );
+        assert_eq!(
+            framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false),
+            Ok((Framing::Length(0), false))
+        );
     }
 
     #[test]

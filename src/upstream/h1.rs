@@ -4,7 +4,9 @@
 //! and streams its body while watching for the answer (an upstream may answer before it has read
 //! the whole body), then hands back the answer's head with an [`H1Body`] that reads the body
 //! straight from the socket, keeps sending what is left of the request body (full duplex), and
-//! puts the connection back in its endpoint's pool the moment the answer is complete.
+//! puts the connection back in its endpoint's pool the moment the answer is complete. (The rest
+//! of an upload moves whenever the answer is polled, which hyper does each time the client's
+//! connection task wakes, as it does for each piece of the upload that arrives.)
 //!
 //! Request framing: a body of known length goes with `Content-Length`, any other with
 //! `Transfer-Encoding: chunked` (trailers included); the client's own framing headers are not
@@ -141,8 +143,8 @@ impl Writer {
             let drained = conn.poll_drain(cx);
             self.started |= conn.out.len() - conn.written < unwritten;
             if let Err(e) = ready!(drained) {
+                // The body stays: if none of the request went out, it goes out again elsewhere.
                 self.broken = true;
-                self.sending = None;
                 return Poll::Ready(Err(WriteFailed::Io(e)));
             }
             let Some(sending) = self.sending.as_mut() else {
@@ -235,10 +237,12 @@ pub(super) async fn send(
             // harmless (an idempotent request without a body, RFC 9110 §9.2.2).
             let unused = !writer.started || (reused && empty && parts.method.is_idempotent());
             if nothing_back && unused {
-                return Err(Failure::Stale(Box::new(Request::from_parts(
-                    parts,
-                    RequestBody::buffered(Bytes::new()),
-                ))));
+                // Unstarted, the body was never polled: it goes again whole.
+                let body = match writer.sending.take() {
+                    Some(sending) if !writer.started => sending.body,
+                    _ => RequestBody::buffered(Bytes::new()),
+                };
+                return Err(Failure::Stale(Box::new(Request::from_parts(parts, body))));
             }
             return Err(Failure::Upstream(e));
         }
@@ -362,11 +366,18 @@ fn parse_head(read: &mut BytesMut, head_request: bool, upgrade: bool) -> Result<
         }
         let head = read.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(fields);
+        let mut coded = false;
         for &(name_start, name_end, value_start, value_end) in &spans[..fields] {
             let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| "invalid header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                 .map_err(|_| "invalid header value")?;
+            coded |= name == header::TRANSFER_ENCODING;
             headers.append(name, value);
+        }
+        if coded {
+            // The body is framed by its coding: a Content-Length beside it is wrong, and must
+            // not frame what the client gets (RFC 9112 §6.3).
+            headers.remove(header::CONTENT_LENGTH);
         }
         return Ok(Some(Head {
             status,
@@ -538,9 +549,14 @@ impl Body for H1Body {
         let this = &mut *self;
         if let (Some(writer), Some(conn)) = (this.writer.as_mut(), this.conn.as_mut()) {
             if !writer.done(conn) && !writer.broken {
-                // Full duplex: keep the request body going while the answer streams. A failure
-                // there only means this connection cannot be reused.
-                let _ = writer.poll(conn, cx);
+                // Full duplex: keep the request body going while the answer streams. A write
+                // failure only means this connection cannot be reused (the answer may still be
+                // readable); a broken client body leaves the upstream waiting for the rest of a
+                // request it can never finish, so the answer ends here.
+                if let Poll::Ready(Err(WriteFailed::Client(e))) = writer.poll(conn, cx) {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
             }
         }
         loop {
@@ -674,6 +690,73 @@ mod tests {
         }
         too_many.push_str("\r\n");
         assert!(parse_head(&mut BytesMut::from(too_many.as_bytes()), false, false).is_err());
+    }
+
+    /// A request whose first write fails (the peer reset the connection before any of
+    /// it went out) comes back as `Stale` to be sent again; its body must come back with it.
+    #[tokio::test]
+    async fn a_stale_request_keeps_its_body() {
+        use std::time::{Duration, Instant};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        server.set_nonblocking(true).expect("nonblocking");
+        let server = tokio::net::TcpStream::from_std(server).expect("server");
+        #[allow(deprecated)]
+        server.set_linger(Some(Duration::ZERO)).expect("linger");
+        drop(server); // RST
+        client.set_nonblocking(true).expect("nonblocking");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match client.peek(&mut [0u8; 1]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "no reset");
+                    std::thread::yield_now();
+                }
+                _ => break,
+            }
+        }
+        let io = UpstreamIo::Plain(tokio::net::TcpStream::from_std(client).expect("client"));
+        let home = Arc::new(Endpoint::new(
+            crate::config::EndpointAddr {
+                host: "127.0.0.1".into(),
+                port: addr.port(),
+                tls: false,
+            },
+            crate::config::Protocol::Http1,
+            &crate::config::UpstreamTls::default(),
+        ));
+        let request = Request::post("/upload")
+            .header(header::HOST, "up.test")
+            .header(header::CONTENT_LENGTH, "5")
+            .body(RequestBody::buffered(Bytes::from_static(b"hello")))
+            .expect("request");
+        let failure = send(Conn::new(io), request, true, &home).await;
+        let Err(Failure::Stale(again)) = failure else {
+            panic!("expected a stale failure");
+        };
+        // What would go out on the next connection:
+        let mut wire = Vec::new();
+        let (parts, body) = again.into_parts();
+        encode_head(&mut wire, &parts, &body);
+        let head = String::from_utf8_lossy(&wire).into_owned();
+        assert_eq!(
+            body.size_hint().exact(),
+            Some(5),
+            "the body was dropped; the resent head is:\n{head}"
+        );
+    }
+
+    #[test]
+    fn a_content_length_beside_a_coding_is_dropped_and_the_connection_not_reused() {
+        let mut read = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+        );
+        let head = parse_head(&mut read, false, false).expect("valid").expect("complete");
+        assert_eq!(head.framing, Framing::ChunkSize);
+        assert!(head.close);
+        assert!(!head.headers.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]

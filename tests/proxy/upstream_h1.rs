@@ -263,3 +263,73 @@ async fn bytes_sent_with_a_101_reach_the_client_first() {
     within("the echo", stream.read_exact(&mut echo)).await.expect("echo");
     assert_eq!(&echo, b"ping");
 }
+
+/// The client's upload breaks (here: past `max_request_body`) after the upstream
+/// answered and while it still waits for the rest of the upload. The upstream can never finish
+/// its answer, so the proxy must end it (abort the answer / close) instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_that_fails_after_the_answer_head_ends_the_answer() {
+    let (addr, _) = raw_upstream(|_, mut stream| async move {
+        let mut buf = Vec::new();
+        if read_request_head(&mut stream, &mut buf).await.is_none() {
+            return;
+        }
+        // Answers at once, then streams the rest once the whole upload is in.
+        if stream
+            .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nstart\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut chunk = [0u8; 4096];
+        while !buf.ends_with(b"0\r\n\r\n") {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = stream.write_all(b"3\r\nend\r\n0\r\n\r\n").await;
+    })
+    .await;
+    let proxy = proxy_with(
+        &service("p", "{}", &[("v", &[addr], 1)]),
+        "defaults: { max_request_body: 1KiB }",
+    )
+    .await;
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client
+        .write_all(
+            b"POST /duplex HTTP/1.1\r\nHost: p.test\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n",
+        )
+        .await
+        .expect("write");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !got.windows(5).any(|w| w == b"start") {
+        let n = within("the answer head", client.read(&mut chunk)).await.expect("read");
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    // Past the limit: the proxy stops forwarding the upload.
+    let big = vec![b'x'; 4096];
+    client.write_all(b"1000\r\n").await.expect("write");
+    client.write_all(&big).await.expect("write");
+    client.write_all(b"\r\n").await.expect("write");
+    // The answer must end (the proxy closes or resets the connection) within a deadline.
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        loop {
+            match client.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the answer never ended; the client got:\n{}",
+        String::from_utf8_lossy(&got)
+    );
+    proxy.shutdown().await;
+}
