@@ -118,12 +118,16 @@ impl ProxyError {
         }
     }
 
-    /// Converts an upstream send failure, given the endpoint it was for and the body limit.
-    pub fn from_send(failure: SendFailure, endpoint: std::sync::Arc<str>, max_body: u64) -> Self {
+    /// Converts an upstream send failure, given the endpoint it was for and the limits in force.
+    pub fn from_send(failure: SendFailure, endpoint: std::sync::Arc<str>, limits: &crate::config::Limits) -> Self {
         match failure.kind {
+            FailureKind::Timeout => ProxyError::Timeout {
+                endpoint,
+                timeout: limits.response_headers,
+            },
             FailureKind::Connect(cause) => ProxyError::Connect { endpoint, cause },
             FailureKind::Client(cause) if crate::upstream::is_body_too_large(&*cause) => {
-                ProxyError::BodyTooLarge(max_body)
+                ProxyError::BodyTooLarge(limits.max_request_body)
             }
             FailureKind::Client(_) => ProxyError::BadRequest("malformed or incomplete request body"),
             FailureKind::Reset(cause) => ProxyError::Reset { endpoint, cause },

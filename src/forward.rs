@@ -146,19 +146,22 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
 
 /// Sets `X-Forwarded-*` on a request going upstream. `host` is the received Host, port included.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&HeaderValue>) {
-    let xff = match headers.get(&X_FORWARDED_FOR) {
-        None => client.ip.clone(),
-        Some(_) => {
+    // One lookup for X-Forwarded-For: appended to when the client sent one, set otherwise.
+    match headers.entry(&X_FORWARDED_FOR) {
+        header::Entry::Vacant(entry) => {
+            entry.insert(client.ip.clone());
+        }
+        header::Entry::Occupied(mut entry) => {
             let mut joined: Vec<u8> = Vec::with_capacity(64);
-            for value in headers.get_all(&X_FORWARDED_FOR) {
+            for value in entry.iter() {
                 joined.extend_from_slice(value.as_bytes());
                 joined.extend_from_slice(b", ");
             }
             joined.extend_from_slice(client.ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.ip.clone())
+            // Replaces every earlier value.
+            entry.insert(HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.ip.clone()));
         }
-    };
-    headers.insert(&X_FORWARDED_FOR, xff);
+    }
     headers.insert(&X_FORWARDED_PROTO, client.proto.clone());
     match host {
         Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),

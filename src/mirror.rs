@@ -282,8 +282,10 @@ async fn send_h2(
     hash: bool,
     limits: Limits,
 ) -> Option<(StatusCode, u64, Option<u64>)> {
-    let sent = tokio::time::timeout(limits.response_headers, Endpoint::send(guard, request, &limits)).await;
-    let Ok(Ok((response, lease))) = sent else { return None };
+    let deadline = tokio::time::Instant::now() + limits.response_headers;
+    let Ok((response, lease)) = Endpoint::send(guard, request, &limits, deadline).await else {
+        return None;
+    };
     let status = response.status();
     // A shadow that stalls mid-body must not hold its slot forever.
     let read = read_answer(response.into_body(), hash);

@@ -38,6 +38,10 @@ const MAX_IDLE_WRITE_BUFFER: usize = 64 << 10;
 /// One HTTP/1.1 connection to an upstream, idle between requests.
 pub(super) struct Conn {
     io: UpstreamIo,
+    /// Fires at or before the current request's deadline. It is re-armed only when it fires
+    /// early (for a request that started after the one it was set for), so a request that is
+    /// answered in time costs no timer registration.
+    timer: Pin<Box<tokio::time::Sleep>>,
     /// Bytes read and not yet used.
     read: BytesMut,
     /// The request being written; `written` of it are on the wire.
@@ -53,9 +57,10 @@ impl std::fmt::Debug for Conn {
 
 impl Conn {
     /// A freshly opened connection, boxed: it moves between the pool and each request's state.
-    pub(super) fn new(io: UpstreamIo) -> Box<Self> {
+    pub(super) fn new(io: UpstreamIo, deadline: tokio::time::Instant) -> Box<Self> {
         Box::new(Self {
             io,
+            timer: Box::pin(tokio::time::sleep_until(deadline)),
             read: BytesMut::new(),
             out: Vec::new(),
             written: 0,
@@ -196,6 +201,8 @@ pub(super) enum Failure {
     Upstream(BoxError),
     /// The client's request body failed.
     Client(BoxError),
+    /// No answer head by the deadline.
+    Timeout,
 }
 
 /// The answer's head, parsed.
@@ -213,6 +220,7 @@ pub(super) async fn send(
     request: Request<RequestBody>,
     reused: bool,
     home: &Arc<Endpoint>,
+    deadline: tokio::time::Instant,
 ) -> Result<Response<H1Body>, Failure> {
     let (parts, body) = request.into_parts();
     let empty = body.is_end_stream();
@@ -227,10 +235,14 @@ pub(super) async fn send(
         broken: false,
     };
     let head_request = parts.method == Method::HEAD;
-    let head = poll_fn(|cx| poll_head(&mut conn, &mut writer, cx, head_request, upgrade)).await;
+    if conn.timer.deadline() > deadline {
+        conn.timer.as_mut().reset(deadline);
+    }
+    let head = poll_fn(|cx| poll_head(&mut conn, &mut writer, cx, head_request, upgrade, deadline)).await;
     let head = match head {
         Ok(head) => head,
         Err(HeadFailed::Client(e)) => return Err(Failure::Client(e)),
+        Err(HeadFailed::Timeout) => return Err(Failure::Timeout),
         Err(HeadFailed::Upstream(e, nothing_back)) => {
             // Closed with nothing of the request read (the server shut an idle connection as
             // it went out): safe to send again when nothing was written, or when a repeat is
@@ -265,6 +277,7 @@ pub(super) async fn send(
 
 enum HeadFailed {
     Client(BoxError),
+    Timeout,
     /// The upstream's fault; `true` when nothing at all came back.
     Upstream(BoxError, bool),
 }
@@ -276,10 +289,18 @@ fn poll_head(
     cx: &mut Context<'_>,
     head_request: bool,
     upgrade: bool,
+    deadline: tokio::time::Instant,
 ) -> Poll<Result<Head, HeadFailed>> {
     let mut write_error = None;
     let mut received = false;
     loop {
+        while conn.timer.as_mut().poll(cx).is_ready() {
+            if conn.timer.deadline() >= deadline {
+                return Poll::Ready(Err(HeadFailed::Timeout));
+            }
+            // Set for an earlier request: re-arm for this one, and poll again to register.
+            conn.timer.as_mut().reset(deadline);
+        }
         if !writer.done(conn) && !writer.broken {
             match writer.poll(conn, cx) {
                 Poll::Ready(Err(WriteFailed::Client(e))) => return Poll::Ready(Err(HeadFailed::Client(e))),
@@ -732,7 +753,8 @@ mod tests {
             .header(header::CONTENT_LENGTH, "5")
             .body(RequestBody::buffered(Bytes::from_static(b"hello")))
             .expect("request");
-        let failure = send(Conn::new(io), request, true, &home).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let failure = send(Conn::new(io, deadline), request, true, &home, deadline).await;
         let Err(Failure::Stale(again)) = failure else {
             panic!("expected a stale failure");
         };

@@ -289,6 +289,8 @@ pub enum FailureKind {
     Reset(BoxError),
     /// The client's request body failed (malformed, cut off, or over `max_request_body`).
     Client(BoxError),
+    /// No answer head by the deadline (`response_headers`).
+    Timeout,
 }
 
 /// Keeps an endpoint's in-flight count until the answer is done. (An HTTP/1.1 answer's body
@@ -363,8 +365,16 @@ impl SendFailure {
         Self { kind, unsent }
     }
 
+    fn timeout() -> Self {
+        Self {
+            kind: FailureKind::Timeout,
+            unsent: None,
+        }
+    }
+
     fn h1(failure: h1::Failure) -> Self {
         let kind = match failure {
+            h1::Failure::Timeout => FailureKind::Timeout,
             h1::Failure::Upstream(e) => FailureKind::Reset(e),
             h1::Failure::Client(e) => FailureKind::Client(e),
             h1::Failure::Stale(unsent) => {
@@ -379,46 +389,58 @@ impl SendFailure {
 }
 
 impl Endpoint {
-    /// Sends `request` to this endpoint over a pooled or new connection.
+    /// Sends `request` to this endpoint over a pooled or new connection; fails with
+    /// [`FailureKind::Timeout`] if the answer's head is not in by `deadline`.
     pub async fn send(
         guard: InflightGuard,
         mut request: Request<RequestBody>,
         limits: &Limits,
+        deadline: tokio::time::Instant,
     ) -> Result<(Response<UpstreamBody>, Lease), SendFailure> {
         let endpoint = Arc::clone(guard.endpoint());
         let lease = Lease { _guard: guard };
         if endpoint.protocol == Protocol::Http2 {
-            *request.version_mut() = http::Version::HTTP_2;
-            let mut sender = match endpoint.h2_sender(limits).await {
-                Ok(sender) => sender,
-                Err(e) => return Err(SendFailure::connect(e, request)),
-            };
-            let sent = sender.try_send_request(request).await;
-            if sent.is_err() && sender.is_closed() {
-                // Forget the dead connection so the next request opens a new one. A failed
-                // stream on a live connection keeps it.
-                endpoint.pool.h2.store(None);
-            }
-            let response = sent.map_err(SendFailure::h2)?;
+            let sent = tokio::time::timeout_at(deadline, endpoint.send_h2(request, limits)).await;
+            let response = sent.unwrap_or(Err(SendFailure::timeout()))?;
             return Ok((response.map(UpstreamBody::H2), lease));
         }
 
         if let Some(conn) = endpoint.pool.take_idle(limits) {
-            match h1::send(conn, request, true, &endpoint).await {
+            match h1::send(conn, request, true, &endpoint, deadline).await {
                 Ok(response) => return Ok((response.map(UpstreamBody::H1), lease)),
                 // Closed before it could use our request: send it on a fresh connection.
                 Err(h1::Failure::Stale(unsent)) => request = *unsent,
                 Err(failure) => return Err(SendFailure::h1(failure)),
             }
         }
-        let io = match endpoint.open(limits.connect).await {
-            Ok(io) => io,
-            Err(e) => return Err(SendFailure::connect(e, request)),
+        let io = match tokio::time::timeout_at(deadline, endpoint.open(limits.connect)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => return Err(SendFailure::connect(e, request)),
+            Err(_) => return Err(SendFailure::timeout()),
         };
-        match h1::send(h1::Conn::new(io), request, false, &endpoint).await {
+        match h1::send(h1::Conn::new(io, deadline), request, false, &endpoint, deadline).await {
             Ok(response) => Ok((response.map(UpstreamBody::H1), lease)),
             Err(failure) => Err(SendFailure::h1(failure)),
         }
+    }
+
+    async fn send_h2(
+        &self,
+        mut request: Request<RequestBody>,
+        limits: &Limits,
+    ) -> Result<Response<Incoming>, SendFailure> {
+        *request.version_mut() = http::Version::HTTP_2;
+        let mut sender = match self.h2_sender(limits).await {
+            Ok(sender) => sender,
+            Err(e) => return Err(SendFailure::connect(e, request)),
+        };
+        let sent = sender.try_send_request(request).await;
+        if sent.is_err() && sender.is_closed() {
+            // Forget the dead connection so the next request opens a new one. A failed
+            // stream on a live connection keeps it.
+            self.pool.h2.store(None);
+        }
+        sent.map_err(SendFailure::h2)
     }
 
     /// Puts a connection whose answer is complete back in the pool (or closes it, if full).

@@ -333,3 +333,44 @@ async fn an_upload_that_fails_after_the_answer_head_ends_the_answer() {
     );
     proxy.shutdown().await;
 }
+
+/// Each pooled connection keeps one timer, armed for the request it was set for and moved on
+/// only when it fires early: a later request on the connection must not be timed out by it,
+/// and a request that gets no answer must still be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_answer_deadline_holds_per_request_on_a_reused_connection() {
+    // On one connection: the first answer after 700 ms, the second 600 ms after its request
+    // (so the timer set for the first, at 1 s, fires while the second waits), then none.
+    let (addr, connections) = raw_upstream(|_, mut stream| async move {
+        let mut buf = Vec::new();
+        for delay in [700, 600] {
+            if read_request_head(&mut stream, &mut buf).await.is_none() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+            if stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let _ = read_request_head(&mut stream, &mut buf).await;
+        let _ = stream.read(&mut [0u8; 1]).await;
+    })
+    .await;
+    let proxy = proxy_with(
+        &service("p", "{}", &[("v", &[addr], 1)]),
+        "defaults: { timeouts: { response_headers: 1s } }",
+    )
+    .await;
+    let client = http1_client();
+    let mut statuses = Vec::new();
+    for path in ["/first", "/second", "/unanswered"] {
+        statuses.push(get(&client, &proxy.url(path), None).await.0);
+    }
+    assert_eq!(statuses, [StatusCode::OK, StatusCode::OK, StatusCode::GATEWAY_TIMEOUT]);
+    assert_eq!(connections.load(Ordering::SeqCst), 1, "all three on one connection");
+    proxy.shutdown().await;
+}
