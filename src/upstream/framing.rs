@@ -127,32 +127,32 @@ pub(super) fn of(
     let (mut close, mut keep_alive) = (false, false);
     let (mut chunked, mut length, mut coded) = (false, None, false);
     for h in response.headers.iter() {
-        if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|&b| b == b',') {
-                let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+        // The length picks the one name worth comparing: most headers are none of the three.
+        let name = h.name.as_bytes();
+        match name.len() {
+            10 if name.eq_ignore_ascii_case(b"connection") => {
+                for token in h.value.split(|&b| b == b',') {
+                    let token = token.trim_ascii();
+                    close |= token.eq_ignore_ascii_case(b"close");
+                    keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                }
             }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            coded = true;
-            chunked = h
-                .value
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let digits = h.value.trim_ascii();
-            if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-                return Err(());
+            17 if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                coded = true;
+                chunked = h
+                    .value
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
             }
-            let value = std::str::from_utf8(digits)
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or(())?;
-            if length.is_some_and(|l| l != value) {
-                return Err(());
+            14 if name.eq_ignore_ascii_case(b"content-length") => {
+                let value = decimal(h.value.trim_ascii()).ok_or(())?;
+                if length.is_some_and(|l| l != value) {
+                    return Err(());
+                }
+                length = Some(value);
             }
-            length = Some(value);
+            _ => {}
         }
     }
     // `close` always wins; HTTP/1.0 keeps the connection only when asked to.
@@ -179,6 +179,19 @@ pub(super) fn of(
         close = true;
     }
     Ok((framing, close))
+}
+
+/// A `Content-Length` value: ASCII digits only (no sign, no blank), at most `u64::MAX`.
+fn decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, &b| {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n.checked_mul(10)?.checked_add(u64::from(b - b'0'))
+    })
 }
 
 /// The status of a parsed answer head.
@@ -276,6 +289,16 @@ mod tests {
             framing_of("HTTP/1.1 304 Not Modified\r\ncontent-length: 9\r\n\r\n", false),
             Ok((Framing::Length(0), false))
         );
+    }
+
+    #[test]
+    fn content_lengths_are_plain_decimals() {
+        assert_eq!(decimal(b"0"), Some(0));
+        assert_eq!(decimal(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(decimal(b"18446744073709551616"), None, "overflow");
+        for bad in [&b""[..], b"+5", b"-1", b"5 5", b"0x10", b"1e3"] {
+            assert_eq!(decimal(bad), None, "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]
