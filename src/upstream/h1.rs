@@ -16,7 +16,6 @@
 use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::{pin, Pin};
-use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -26,7 +25,7 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::framing::{self, Framing, Step, MAX_HEAD, MAX_HEADERS};
-use super::{Endpoint, RequestBody, UpstreamIo};
+use super::{InflightGuard, RequestBody, UpstreamIo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -214,12 +213,12 @@ struct Head {
 }
 
 /// Sends `request` over `conn` (`reused`: it served a request before) and reads the answer's
-/// head. The body comes with the answer; it returns the connection to `home`'s pool when done.
+/// head. The body comes with the answer; once given the request's in-flight guard
+/// ([`H1Body::attach`]), it returns the connection to that endpoint's pool when done.
 pub(super) async fn send(
     mut conn: Box<Conn>,
     request: Request<RequestBody>,
     reused: bool,
-    home: &Arc<Endpoint>,
     deadline: tokio::time::Instant,
 ) -> Result<Response<H1Body>, Failure> {
     let (parts, body) = request.into_parts();
@@ -267,11 +266,10 @@ pub(super) async fn send(
         framing: head.framing,
         reusable: !head.close && !switching && (request_sent || writer.is_some()),
         writer,
-        home: Arc::clone(home),
+        lease: None,
     });
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;
-    response.body_mut().finish_if_complete();
     Ok(response)
 }
 
@@ -514,7 +512,9 @@ pub struct H1Body {
     reusable: bool,
     /// What is left of the request body, when the answer started before it was all sent.
     writer: Option<Box<Writer>>,
-    home: Arc<Endpoint>,
+    /// The request's in-flight count, and through it the endpoint whose pool takes the
+    /// connection back.
+    lease: Option<InflightGuard>,
 }
 
 impl std::fmt::Debug for H1Body {
@@ -548,6 +548,13 @@ impl H1Body {
         })
     }
 
+    /// Holds the request's in-flight guard until the body is dropped; an answer that is already
+    /// complete (no body) gives its connection back at once.
+    pub(super) fn attach(&mut self, lease: InflightGuard) {
+        self.lease = Some(lease);
+        self.finish_if_complete();
+    }
+
     /// Once the answer is read: the connection goes back to the pool if it can take another
     /// request, and is closed otherwise.
     fn finish_if_complete(&mut self) {
@@ -556,8 +563,8 @@ impl H1Body {
         }
         let Some(conn) = self.conn.take() else { return };
         let request_sent = self.writer.as_ref().is_none_or(|w| w.done(&conn) && !w.broken);
-        if request_sent && conn.read.is_empty() {
-            self.home.give_back(conn.idle());
+        if let (true, true, Some(lease)) = (request_sent, conn.read.is_empty(), self.lease.as_ref()) {
+            lease.endpoint().give_back(conn.idle());
         }
     }
 }
@@ -739,22 +746,13 @@ mod tests {
             }
         }
         let io = UpstreamIo::Plain(tokio::net::TcpStream::from_std(client).expect("client"));
-        let home = Arc::new(Endpoint::new(
-            crate::config::EndpointAddr {
-                host: "127.0.0.1".into(),
-                port: addr.port(),
-                tls: false,
-            },
-            crate::config::Protocol::Http1,
-            &crate::config::UpstreamTls::default(),
-        ));
         let request = Request::post("/upload")
             .header(header::HOST, "up.test")
             .header(header::CONTENT_LENGTH, "5")
             .body(RequestBody::buffered(Bytes::from_static(b"hello")))
             .expect("request");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let failure = send(Conn::new(io, deadline), request, true, &home, deadline).await;
+        let failure = send(Conn::new(io, deadline), request, true, deadline).await;
         let Err(Failure::Stale(again)) = failure else {
             panic!("expected a stale failure");
         };

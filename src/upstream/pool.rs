@@ -294,10 +294,10 @@ pub enum FailureKind {
 }
 
 /// Keeps an endpoint's in-flight count until the answer is done. (An HTTP/1.1 answer's body
-/// returns its connection to the pool itself.)
+/// holds the count itself, and returns its connection to the pool.)
 #[derive(Debug)]
 pub struct Lease {
-    _guard: InflightGuard,
+    _guard: Option<InflightGuard>,
 }
 
 /// An upstream answer's body.
@@ -397,17 +397,21 @@ impl Endpoint {
         limits: &Limits,
         deadline: tokio::time::Instant,
     ) -> Result<(Response<UpstreamBody>, Lease), SendFailure> {
-        let endpoint = Arc::clone(guard.endpoint());
-        let lease = Lease { _guard: guard };
+        let endpoint = guard.endpoint();
         if endpoint.protocol == Protocol::Http2 {
             let sent = tokio::time::timeout_at(deadline, endpoint.send_h2(request, limits)).await;
             let response = sent.unwrap_or(Err(SendFailure::timeout()))?;
-            return Ok((response.map(UpstreamBody::H2), lease));
+            return Ok((response.map(UpstreamBody::H2), Lease { _guard: Some(guard) }));
         }
+        // The HTTP/1.1 body holds the guard, and gives its connection back to the guard's endpoint.
+        let attach = |mut response: Response<H1Body>, guard: InflightGuard| {
+            response.body_mut().attach(guard);
+            (response.map(UpstreamBody::H1), Lease { _guard: None })
+        };
 
         if let Some(conn) = endpoint.pool.take_idle(limits) {
-            match h1::send(conn, request, true, &endpoint, deadline).await {
-                Ok(response) => return Ok((response.map(UpstreamBody::H1), lease)),
+            match h1::send(conn, request, true, deadline).await {
+                Ok(response) => return Ok(attach(response, guard)),
                 // Closed before it could use our request: send it on a fresh connection.
                 Err(h1::Failure::Stale(unsent)) => request = *unsent,
                 Err(failure) => return Err(SendFailure::h1(failure)),
@@ -418,8 +422,8 @@ impl Endpoint {
             Ok(Err(e)) => return Err(SendFailure::connect(e, request)),
             Err(_) => return Err(SendFailure::timeout()),
         };
-        match h1::send(h1::Conn::new(io, deadline), request, false, &endpoint, deadline).await {
-            Ok(response) => Ok((response.map(UpstreamBody::H1), lease)),
+        match h1::send(h1::Conn::new(io, deadline), request, false, deadline).await {
+            Ok(response) => Ok(attach(response, guard)),
             Err(failure) => Err(SendFailure::h1(failure)),
         }
     }

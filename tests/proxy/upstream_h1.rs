@@ -374,3 +374,83 @@ async fn the_answer_deadline_holds_per_request_on_a_reused_connection() {
     assert_eq!(connections.load(Ordering::SeqCst), 1, "all three on one connection");
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_with_both_a_coding_and_a_length_is_framed_by_the_coding_and_not_reused() {
+    let (addr, connections) = raw_upstream(|_, mut stream| async move {
+        let mut buf = Vec::new();
+        while read_request_head(&mut stream, &mut buf).await.is_some() {
+            let answer = "HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n\
+                2\r\nok\r\n0\r\n\r\n";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    let client = http1_client();
+    for _ in 0..2 {
+        let response = client
+            .request(Request::get(proxy.url("/")).body(empty()).expect("request"))
+            .await
+            .expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers().get("content-length").is_none(),
+            "the stale length reached the client: {:?}",
+            response.headers()
+        );
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(&body[..], b"ok");
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        2,
+        "the faulty connection is not reused"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_trailers_reach_an_http1_upstream_in_the_chunked_body() {
+    let body = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&body);
+    let (addr, _) = raw_upstream(move |_, mut stream| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut buf = Vec::new();
+            if read_request_head(&mut stream, &mut buf).await.is_none() {
+                return;
+            }
+            let mut chunk = [0u8; 4096];
+            while !buf.ends_with(b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            *seen.lock().expect("body") = buf;
+            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    // An h2 client sends data, then trailers.
+    let (tx, request_body) = channel_body(4);
+    let request = Request::post(proxy.url("/upload")).body(request_body).expect("request");
+    let sending = tokio::spawn(async move {
+        let _ = tx.send(http_body::Frame::data(Bytes::from_static(b"hello"))).await;
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("7"));
+        let _ = tx.send(http_body::Frame::trailers(trailers)).await;
+    });
+    let response = within("the answer", h2c_client().request(request))
+        .await
+        .expect("response");
+    assert_eq!(response.status(), StatusCode::OK);
+    sending.await.expect("sender");
+    let wire = String::from_utf8(body.lock().expect("body").clone()).expect("utf-8");
+    assert_eq!(wire, "5\r\nhello\r\n0\r\nx-checksum: 7\r\n\r\n");
+    proxy.shutdown().await;
+}
