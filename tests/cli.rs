@@ -738,7 +738,7 @@ fn run_warns_when_open_files_cannot_hold_the_connection_limit() {
         .expect("write");
         let mut child = Command::new("sh")
             .arg("-c")
-            .arg(format!("ulimit -n 4096 && exec {BIN} run -c {}", path.display()))
+            .arg(format!("ulimit -n 1024 && exec {BIN} run -c {}", path.display()))
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
@@ -755,14 +755,40 @@ fn run_warns_when_open_files_cannot_hold_the_connection_limit() {
         assert!(child.wait().expect("wait").success());
         log
     };
-    // 4096 < 2 × 10000 + 256: sockets would run out before the limit refuses anything.
+    // 1024 (a soft limit any machine allows) < 2 × 10000 + 256: sockets would run out before
+    // the limit refuses anything.
     let log = start_log(10_000);
     assert!(
         log.contains("ulimit -n is below twice defaults.limits.max_connections"),
         "{log}"
     );
     assert!(log.contains("needed=20256"), "{log}");
-    // 4096 ≥ 2 × 1000 + 256.
-    let log = start_log(1_000);
+    // 1024 ≥ 2 × 300 + 256.
+    let log = start_log(300);
     assert!(!log.contains("ulimit -n"), "{log}");
+}
+
+/// A demo stopped before its canary was rolled back says so and exits 1: the exit status is
+/// what a script checks.
+#[test]
+fn a_demo_stopped_before_the_rollback_exits_1() {
+    let output = Command::new(BIN)
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--json"])
+        .args(["--duration", "300ms"])
+        .stderr(Stdio::null())
+        .output()
+        .expect("run sluice demo");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stopped: serde_json::Value = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|e| e["event"] == "stopped")
+        .unwrap_or_else(|| panic!("no stopped event: {stdout}"));
+    assert_eq!(stopped["rolled_back"], false, "{stopped}");
+    let rolled_back = stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .any(|e| e["event"] == "rolled_back");
+    assert!(!rolled_back, "{stdout}");
 }

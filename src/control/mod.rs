@@ -85,6 +85,9 @@ pub struct ReloadStatus {
 
 struct Inner {
     config: Config,
+    /// The config the process started with: what its sockets, threads and log file run on,
+    /// which reloads are compared with for what needs a restart.
+    running: Config,
     config_text: Option<String>,
     overrides: Overrides,
     /// Admin overrides of flags; persisted with the weight overrides.
@@ -164,6 +167,7 @@ impl Control {
         }
         let skip = history.len().saturating_sub(HISTORY_KEPT);
         let inner = Inner {
+            running: config.clone(),
             config,
             config_text,
             overrides,
@@ -546,7 +550,7 @@ impl Control {
             inner.last_reload = Some(unchanged.clone());
             return Ok(unchanged);
         }
-        let mut warnings = restart_warnings(&inner.config, &config);
+        let mut warnings = restart_warnings(&inner.running, &config);
         warnings.extend(config.warnings.iter().cloned());
         let old_overrides = inner.overrides.clone();
         let old_flag_overrides = inner.flag_overrides.clone();
@@ -740,7 +744,8 @@ fn changed_services(old: &Config, new: &Config) -> Vec<String> {
     changed
 }
 
-/// Changes a reload cannot apply to running sockets and threads.
+/// What differs from the config the process runs on and a reload cannot apply to running
+/// sockets and threads (so a second reload still warns, and a change back does not).
 fn restart_warnings(old: &Config, new: &Config) -> Vec<String> {
     let mut warnings = Vec::new();
     if old.listeners != new.listeners {

@@ -217,6 +217,23 @@ async fn a_reload_changes_the_limits_at_once() {
     );
     assert_eq!(get_on(&mut first).await.as_deref(), Some("http/1.1 200 ok"));
     assert_eq!(up.hits(), 3);
+
+    // Compared with what the process runs on, not with the last reload: another change keeps
+    // the warning (the head limit is still not applied), and going back to the started value
+    // drops it.
+    let restart = "defaults.limits.max_request_headers changed";
+    limited(
+        "reload-limits",
+        up.addr,
+        "{ max_connections: 3, max_request_headers: 16KiB }",
+    );
+    let (status, body) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert!(body["warnings"].to_string().contains(restart), "{body}");
+    limited("reload-limits", up.addr, "{ max_connections: 3 }");
+    let (status, body) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, http::StatusCode::OK, "{body}");
+    assert!(!body["warnings"].to_string().contains(restart), "{body}");
     proxy.shutdown().await;
 }
 
