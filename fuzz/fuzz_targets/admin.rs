@@ -15,43 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
 use sluice::control::Control;
 
-const CONFIG: &str = r#"
-listeners: [{ name: p, address: 127.0.0.1:0 }]
-services:
-  - name: app
-    versions:
-      blue: { endpoints: [127.0.0.1:9001] }
-      canary: { endpoints: [127.0.0.1:9101] }
-      extra: { endpoints: [127.0.0.1:9201] }
-    routing:
-      weights: { blue: 100 }
-      sticky: { cookie: sluice-app, hash_key: "header:x-user-id", ttl: 1h }
-    mirror:
-      - { version: extra, percent: 5 }
-    rollout:
-      baseline: blue
-      canary: canary
-      auto_start: true
-      steps:
-        - { weight: 5 }
-        - { approval: true }
-        - { weight: 25, hold: 1s }
-        - { webhook: { url: "http://127.0.0.1:7/gate", timeout: 1s } }
-        - { weight: 50 }
-        - { approval: true }
-        - { weight: 100 }
-      guardrails: { min_requests: 1, max_error_rate: 0.01, max_p99: 300ms }
-      on_breach: pause
-  - name: web
-    match: { hosts: [web.example.com], path_prefix: /w }
-    versions:
-      a: { endpoints: [127.0.0.1:9301] }
-      b: { endpoints: [127.0.0.1:9302] }
-    routing:
-      weights: { a: 1, b: 1 }
-      rules:
-        - { match: { header: { name: x-b, present: true } }, version: b }
-"#;
+/// The fixed config, also a seed of the `config` target.
+const CONFIG: &str = include_str!("../seeds/config/fuzz-admin.yaml");
 
 /// `CONFIG` with the canary moved: a reload starts the rollout (`auto_start`).
 fn config_moved() -> String {

@@ -15,48 +15,8 @@ use http::{HeaderName, HeaderValue, Method, Request, Uri};
 use libfuzzer_sys::fuzz_target;
 use sluice::{router, split, sticky, RoutingTable};
 
-const CONFIG: &str = r#"
-listeners: [{ name: p, address: 127.0.0.1:0 }]
-services:
-  - name: other
-    match: { hosts: [other.example.com, "OTHER.example.org"] }
-    versions: { v: { endpoints: [127.0.0.1:1] } }
-    routing: { weights: { v: 1 } }
-  - name: api
-    match: { hosts: ["*.example.com"], path_prefix: /api }
-    versions:
-      a: { endpoints: [127.0.0.1:2] }
-      b: { endpoints: [127.0.0.1:3] }
-    routing:
-      weights: { a: 1, b: 3 }
-      sticky: { cookie: api-pin, hash_key: "cookie:session", ttl: 30m }
-  - name: api-v2
-    match: { hosts: ["*.example.com"], path_prefix: /api/v2/ }
-    versions:
-      a: { endpoints: [127.0.0.1:4] }
-      zero: { endpoints: [127.0.0.1:5] }
-    routing:
-      weights: { a: 7, zero: 0 }
-      rules:
-        - { match: { cookie: { name: zero, value: "yes" } }, version: zero }
-  - name: catchall
-    match: { path_prefix: /static }
-    versions: { s: { endpoints: [127.0.0.1:6] } }
-  - name: checkout
-    match: { hosts: [checkout.example.com, 127.0.0.1], path_prefix: / }
-    expose_version: true
-    versions:
-      blue: { endpoints: [127.0.0.1:9001, 127.0.0.1:9002] }
-      canary: { endpoints: [127.0.0.1:9101] }
-      green: { endpoints: [127.0.0.1:9201] }
-    routing:
-      weights: { blue: 90, canary: 10, green: 0 }
-      rules:
-        - { match: { header: { name: x-sluice-version, value: canary } }, version: canary }
-        - { match: { header: { name: x-debug, present: true } }, version: green }
-        - { match: { cookie: { name: beta, value: "1" } }, version: canary }
-      sticky: { cookie: sluice-checkout, hash_key: "header:x-user-id", ttl: 1h }
-"#;
+/// The fixed config, also a seed of the `config` target.
+const CONFIG: &str = include_str!("../seeds/config/fuzz-routing.yaml");
 
 /// A request as a client could send it; parts `http` would reject are skipped.
 #[derive(Arbitrary, Debug)]

@@ -462,3 +462,18 @@ async fn flags_without_a_key_draw_per_request_and_a_missing_key_is_off() {
     );
     proxy.shutdown().await;
 }
+
+/// Past 8 flags the `x-sluice-flags` value is built per request instead of precomputed: it must
+/// still name exactly the flags that are on, in config order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_more_than_eight_still_reach_the_upstream_exactly() {
+    let flags: String = (0..10)
+        .map(|i| format!("      f{i}: {{ percent: {} }}\n", if i % 3 == 1 { 0 } else { 100 }))
+        .collect();
+    let (proxy, _blue, _canary) = start("flags-ten", "      weights: { blue: 1 }", &flags, "").await;
+    let client = http1_client();
+    let (version, seen) = ask(&proxy, &client, &[]).await;
+    assert_eq!(version, "blue");
+    assert_eq!(seen, "f0,f2,f3,f5,f6,f8,f9");
+    proxy.shutdown().await;
+}
