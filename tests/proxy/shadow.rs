@@ -170,8 +170,17 @@ async fn percents_hold_for_two_mirrors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_shadow_never_holds_the_client_and_its_copies_are_bounded() {
     let blue = Upstream::named("blue").await;
-    let release = Arc::new(Notify::new());
-    let green = Upstream::held(Arc::clone(&release)).await;
+    // Holds every request until the gate opens, and answers at once after that. (Copies may
+    // reach it pipelined on one connection, so some are read only after the gate opens.)
+    let (open, gate) = tokio::sync::watch::channel(false);
+    let green = Upstream::start(move |_| {
+        let mut gate = gate.clone();
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            Response::new(full("released"))
+        }
+    })
+    .await;
     let mirrors = "      - { version: green, percent: 100, max_in_flight: 4 }";
     let proxy = start("shadow-hang", &config(blue.addr, &[("green", green.addr)], mirrors, "")).await;
     let client = http1_client();
@@ -180,16 +189,19 @@ async fn a_hanging_shadow_never_holds_the_client_and_its_copies_are_bounded() {
         let (status, body) = get(&client, &proxy.url("/"), None).await;
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"blue"[..]));
     }
-    wait_until("the shadow holds 4 copies", || green.hits() == 4).await;
+    // The slots are taken as copies are made: 4 in flight, the other 36 dropped, none queued.
     let view = mirror_view(&proxy, "green").await;
     assert_eq!(view["in_flight"], 4, "{view}");
     assert_eq!(
         view["dropped"]["max_in_flight"], 36,
         "past max_in_flight, copies are dropped, not queued: {view}"
     );
-    release.notify_waiters();
+    wait_until("the shadow has a copy", || green.hits() >= 1).await;
+    assert!(green.hits() <= 4, "{} copies reached the shadow", green.hits());
+    open.send_replace(true);
     let view = settled(&proxy, "green").await;
     assert_eq!(view["sent"], 4);
+    assert_eq!(green.hits(), 4, "each held copy arrives once");
     proxy.shutdown().await;
 }
 
