@@ -53,6 +53,7 @@ pub mod reload;
 pub mod rollout;
 pub mod router;
 pub mod rules;
+pub mod server;
 pub mod split;
 pub mod state;
 pub mod sticky;

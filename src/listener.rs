@@ -1,7 +1,8 @@
-//! Request path, step 0: accepting connections. A plain listener serves HTTP/1.1 and h2c (prior
-//! knowledge) on one port; a TLS listener serves HTTP/2 or HTTP/1.1 as ALPN agreed. Both with
-//! upgrades, a request-head timeout (which also bounds the TLS handshake), a request-head size
-//! limit, and graceful shutdown. Past `max_connections`, a new connection is closed at once.
+//! Request path, step 0: accepting connections. A plain listener serves HTTP/1.1 (with sluice's
+//! own codec, [`crate::server::h1`]) and h2c (prior knowledge, hyper) on one port; a TLS listener
+//! serves HTTP/2 or HTTP/1.1 as ALPN agreed (hyper). All with upgrades, a request-head timeout
+//! (which also bounds the TLS handshake), a request-head size limit, and graceful shutdown. Past
+//! `max_connections`, a new connection is closed at once.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,6 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::{Limits, MAX_MAX_REQUEST_HEADERS, MIN_MAX_REQUEST_HEADERS};
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
+use crate::server::{self, ClientBody};
 use crate::tls::Terminator;
 
 /// Interval of HTTP/2 pings to client connections.
@@ -54,11 +56,12 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// The connection builders: sniffing for plain sockets, and one per ALPN result for TLS.
+/// How connections are served: hyper's builders per protocol (HTTP/2, and HTTP/1.1 over TLS),
+/// and sluice's own HTTP/1.1 codec for plain connections.
 struct Builders {
-    sniffing: auto::Builder<TokioExecutor>,
     http1: auto::Builder<TokioExecutor>,
     http2: auto::Builder<TokioExecutor>,
+    own_http1: server::h1::Settings,
 }
 
 /// Serves `listeners` until `shutdown` completes, then drains open connections for at most
@@ -88,16 +91,21 @@ pub async fn serve(listeners: Vec<Listener>, proxy: Arc<Proxy>, limits: &Limits,
         .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX));
     let builders = Arc::new(Builders {
         http1: builder.clone().http1_only(),
-        http2: builder.clone().http2_only(),
-        sniffing: builder,
+        http2: builder.http2_only(),
+        own_http1: server::h1::Settings {
+            head_limit: usize::try_from(head_limit).unwrap_or(usize::MAX),
+            request_headers,
+        },
     });
+    // Connections served by sluice's own codec hold a sender each: when all are gone, they are.
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
 
     // Connections that have not sent a request yet are closed at once on shutdown.
     let (stopping, stop) = tokio::sync::watch::channel(false);
     let accepting = futures_util::future::join_all(
         listeners
             .into_iter()
-            .map(|listener| accept_loop(listener, &proxy, &builders, &graceful, request_headers, &stop)),
+            .map(|listener| accept_loop(listener, &proxy, &builders, &graceful, &open, &stop)),
     );
     tokio::select! {
         _ = accepting => {}
@@ -106,11 +114,17 @@ pub async fn serve(listeners: Vec<Listener>, proxy: Arc<Proxy>, limits: &Limits,
     let _ = stopping.send(true);
     // The accept loops are dropped here: their sockets close and new connections are refused.
     tracing::info!(
-        open_connections = graceful.count(),
+        open_connections = graceful.count() + open.strong_count() - 1,
         ?drain,
         "shutting down: draining connections"
     );
-    if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+    drop(open);
+    let drained = async {
+        tokio::join!(graceful.shutdown(), async {
+            while all_closed.recv().await.is_some() {}
+        });
+    };
+    if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!(?drain, "drain timeout reached; closing remaining connections");
     }
 }
@@ -120,9 +134,10 @@ async fn accept_loop(
     proxy: &Arc<Proxy>,
     builders: &Arc<Builders>,
     graceful: &GracefulShutdown,
-    request_headers: Duration,
+    open: &tokio::sync::mpsc::Sender<()>,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) {
+    let request_headers = builders.own_http1.request_headers;
     loop {
         let (stream, peer) = match listener.tcp.accept().await {
             Ok(accepted) => accepted,
@@ -142,40 +157,45 @@ async fn accept_loop(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
-        let client = Arc::new(match listener.tls {
+        let client = match listener.tls {
             None => ClientInfo::plain(peer),
             Some(_) => ClientInfo::tls(peer),
-        });
+        };
         let proxy = Arc::clone(proxy);
-        let service = service_fn(move |request| {
-            let proxy = Arc::clone(&proxy);
-            let client = Arc::clone(&client);
-            async move { Ok::<_, Infallible>(proxy.handle(request, &client).await) }
-        });
-        let (builders, watcher, mut stop) = (Arc::clone(builders), graceful.watcher(), stop.clone());
+        let (builders, mut stop) = (Arc::clone(builders), stop.clone());
         let tls = listener.tls.clone();
-        tokio::spawn(async move {
-            // The slot is held until this task ends, whatever way it ends.
-            let _permit = permit;
-            let Some(tls) = tls else {
-                // hyper's protocol sniffing has no timeout of its own: a client that sends
-                // nothing (or half an HTTP/2 preface) would hold the connection forever.
-                tokio::select! {
-                    sniffed = tokio::time::timeout(request_headers, wait_for_protocol(&stream)) => {
-                        if !matches!(sniffed, Ok(Ok(true))) {
-                            return;
-                        }
-                    }
+        let Some(tls) = tls else {
+            let (open, watcher) = (open.clone(), graceful.watcher());
+            tokio::spawn(async move {
+                // The slot is held until this task ends, whatever way it ends.
+                let (_permit, _open) = (permit, open);
+                // A client that sends nothing (or half an HTTP/2 preface) is bounded by the head
+                // timeout here too.
+                let h2 = tokio::select! {
+                    sniffed = tokio::time::timeout(request_headers, wait_for_protocol(&stream)) => match sniffed {
+                        Ok(Ok(Some(h2))) => h2,
+                        _ => return,
+                    },
                     _ = stop.wait_for(|stopping| *stopping) => return,
+                };
+                if !h2 {
+                    server::h1::serve(stream, proxy, client, builders.own_http1, stop).await;
+                    return;
                 }
                 let connection = builders
-                    .sniffing
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    .http2
+                    .serve_connection(TokioIo::new(stream), hyper_service(proxy, client));
                 if let Err(error) = watcher.watch(connection.into_owned()).await {
                     tracing::debug!(%peer, %error, "client connection ended with an error");
                 }
-                return;
-            };
+            });
+            continue;
+        };
+        let service = hyper_service(proxy, client);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            // The slot is held until this task ends, whatever way it ends.
+            let _permit = permit;
             let stream = tokio::select! {
                 handshake = tokio::time::timeout(request_headers, tls_handshake(stream, &tls)) => match handshake {
                     Ok(Some(stream)) => stream,
@@ -204,6 +224,25 @@ async fn accept_loop(
             }
         });
     }
+}
+
+/// hyper's service for one connection: the proxy with the client's info, the body wrapped.
+fn hyper_service(
+    proxy: Arc<Proxy>,
+    client: ClientInfo,
+) -> impl hyper::service::Service<
+    http::Request<hyper::body::Incoming>,
+    Response = http::Response<crate::body::ResponseBody>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<http::Response<crate::body::ResponseBody>, Infallible>> + Send,
+> + Clone
+       + Send {
+    let client = Arc::new(client);
+    service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let proxy = Arc::clone(&proxy);
+        let client = Arc::clone(&client);
+        async move { Ok::<_, Infallible>(proxy.handle(request.map(ClientBody::Hyper), &client).await) }
+    })
 }
 
 /// The soft limit on open files of this process (`ulimit -n`), where the OS says it (Linux);
@@ -264,16 +303,19 @@ async fn refuse_plain_http(mut stream: TcpStream) {
 }
 
 /// Waits until the client has sent enough to tell HTTP/1 from the HTTP/2 preface, without
-/// consuming it. `false`: the client closed without sending anything.
-async fn wait_for_protocol(stream: &tokio::net::TcpStream) -> std::io::Result<bool> {
+/// consuming it: `Some(true)` for HTTP/2; `None`: the client closed without sending anything.
+async fn wait_for_protocol(stream: &tokio::net::TcpStream) -> std::io::Result<Option<bool>> {
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {
         let n = stream.peek(&mut buf).await?;
         if n == 0 {
-            return Ok(false);
+            return Ok(None);
         }
-        if buf[..n] != H2_PREFACE[..n] || n == H2_PREFACE.len() {
-            return Ok(true);
+        if buf[..n] != H2_PREFACE[..n] {
+            return Ok(Some(false));
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(Some(true));
         }
         // Part of the preface is buffered and `peek` would return at once: look again shortly
         // (only a client stalling inside the 24-byte preface ever gets here).

@@ -10,8 +10,8 @@ use std::time::Instant;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, StatusCode, Uri};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::admission::ConnectionPermit;
 use crate::body::{Completion, ResponseBody};
@@ -22,6 +22,7 @@ use crate::forward::{self, ClientInfo};
 use crate::metrics;
 use crate::mirror::{self, PrimaryReport};
 use crate::router;
+use crate::server::{self, ClientBody, ClientUpgrade};
 use crate::split;
 use crate::table::{Routing, RoutingTable, Service, Version};
 use crate::upstream::{self, Endpoint, RequestBody, Tee};
@@ -52,7 +53,7 @@ impl Proxy {
     /// proxy's own answers, when the response body ends for upstream answers, and as `error` if
     /// the client goes away first (hyper then drops this future, and with it the [`Outcome`]).
     /// Past `max_in_flight`, a request is answered `503` before it is even routed.
-    pub async fn handle(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<ResponseBody> {
+    pub async fn handle(&self, request: Request<ClientBody>, client: &ClientInfo) -> Response<ResponseBody> {
         let method = request.method().clone();
         let http1 = request.version() < http::Version::HTTP_2;
         // The whole request runs on the table it started with, even if a new one is published.
@@ -94,7 +95,7 @@ impl Proxy {
     async fn handle_inner(
         &self,
         table: Arc<RoutingTable>,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
         client: &ClientInfo,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -113,7 +114,7 @@ impl Proxy {
         if upgrade && version.protocol == Protocol::Http2 {
             return Err(ProxyError::UpgradeUnsupported);
         }
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+        let client_upgrade = upgrade.then(|| server::on_upgrade(&mut request));
 
         let (mut parts, body) = request.into_parts();
         forward::remove_hop_by_hop(&mut parts.headers, upgrade);
@@ -244,7 +245,7 @@ impl Drop for Outcome {
 }
 
 /// The received host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
+fn request_host(request: &Request<ClientBody>) -> Option<HeaderValue> {
     match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers().get(header::HOST).cloned(),
@@ -255,7 +256,7 @@ fn request_host(request: &Request<Incoming>) -> Option<HeaderValue> {
 /// one `Host` (§3.2; routing by one and forwarding two would let the upstream pick the other),
 /// and a `Transfer-Encoding` other than a single `chunked` (hyper decodes the chunks of
 /// `gzip, chunked` or `chunked, chunked` and would forward the rest under no coding at all).
-fn check_head(request: &Request<Incoming>) -> Result<(), ProxyError> {
+fn check_head(request: &Request<ClientBody>) -> Result<(), ProxyError> {
     let headers = request.headers();
     if request.version() == http::Version::HTTP_11 {
         let mut hosts = headers.get_all(header::HOST).iter();
@@ -279,7 +280,7 @@ fn check_head(request: &Request<Incoming>) -> Result<(), ProxyError> {
 }
 
 /// Refuses a body announced larger than the limit before anything is sent upstream.
-fn check_content_length(request: &Request<Incoming>, limit: u64) -> Result<(), ProxyError> {
+fn check_content_length(request: &Request<ClientBody>, limit: u64) -> Result<(), ProxyError> {
     let Some(value) = request.headers().get(header::CONTENT_LENGTH) else {
         return Ok(());
     };
@@ -393,28 +394,39 @@ async fn send_with_retry(
 }
 
 /// Copies bytes both ways between an upgraded client and upstream connection, starting with
-/// what the upstream sent along with its 101.
+/// what each side sent along with the switch.
 async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
+    client: ClientUpgrade,
     upstream: upstream::Upgraded,
     endpoint: Arc<str>,
     _connection: ConnectionPermit,
 ) {
-    let client = match client.await {
-        Ok(client) => client,
-        Err(e) => {
-            tracing::debug!(%endpoint, error = %e, "upgrade failed");
-            return;
-        }
+    let ended = match client {
+        ClientUpgrade::Hyper(client) => match client.await {
+            Ok(client) => splice(TokioIo::new(client), bytes::Bytes::new(), upstream).await,
+            Err(e) => Err(std::io::Error::other(e)),
+        },
+        ClientUpgrade::H1(client) => match client.await {
+            Ok(client) => splice(client.io, client.read, upstream).await,
+            Err(_) => Err(std::io::Error::other("the client connection closed before the switch")),
+        },
     };
-    let (mut client, mut io) = (TokioIo::new(client), upstream.io);
-    if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &upstream.read).await {
-        tracing::debug!(%endpoint, error = %e, "upgraded connection ended");
-        return;
-    }
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut io).await {
+    if let Err(e) = ended {
         tracing::debug!(%endpoint, error = %e, "upgraded connection ended");
     }
+}
+
+/// Joins `client` (which sent `early` past its request head) and `upstream`.
+async fn splice(
+    mut client: impl AsyncRead + AsyncWrite + Unpin,
+    early: bytes::Bytes,
+    upstream: upstream::Upgraded,
+) -> std::io::Result<()> {
+    let mut io = upstream.io;
+    client.write_all(&upstream.read).await?;
+    io.write_all(&early).await?;
+    tokio::io::copy_bidirectional(&mut client, &mut io).await?;
+    Ok(())
 }
 
 /// Picks this request's mirrors and starts their background task; returns the tee that copies

@@ -1,20 +1,22 @@
-//! HTTP/1.1 answer bodies as RFC 9112 §6.3 frames them, shared by the upstream client
+//! HTTP/1.1 message bodies as RFC 9112 §6 frames them, shared by the client server side
+//! ([`crate::server::h1`]: request bodies), and by the upstream client
 //! ([`super::h1`]) and the shadow pipeline ([`super::pipeline`]): no body for `HEAD`, 1xx, 204
 //! and 304; `Transfer-Encoding: chunked`; `Content-Length`; otherwise until the server closes.
 
 use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::StatusCode;
 
 /// Largest answer head (and trailer section) read.
-pub(super) const MAX_HEAD: usize = 64 << 10;
+pub(crate) const MAX_HEAD: usize = 64 << 10;
 /// Headers parsed in an answer head.
-pub(super) const MAX_HEADERS: usize = 100;
+pub(crate) const MAX_HEADERS: usize = 100;
 /// Longest chunk-size line (extensions included) accepted.
 const MAX_CHUNK_LINE: usize = 1024;
 
 /// Where a body decoder is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Framing {
+pub(crate) enum Framing {
     /// This many bytes left.
     Length(u64),
     /// Chunked, at a chunk-size line.
@@ -29,7 +31,7 @@ pub(super) enum Framing {
 
 /// What [`Framing::step`] found in the buffer.
 #[derive(Debug)]
-pub(super) enum Step {
+pub(crate) enum Step {
     /// Body data, taken from the buffer without copying.
     Data(Bytes),
     /// The body is complete; for a chunked body with trailers, the trailer section (its lines,
@@ -43,7 +45,7 @@ pub(super) enum Step {
 
 impl Framing {
     /// Takes the next piece of the body out of `buf`.
-    pub(super) fn step(&mut self, buf: &mut BytesMut) -> Step {
+    pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Step {
         loop {
             match *self {
                 Framing::Length(0) => return Step::End(None),
@@ -98,7 +100,7 @@ impl Framing {
     }
 
     /// The body's exact length, when the framing says it.
-    pub(super) fn exact(self) -> Option<u64> {
+    pub(crate) fn exact(self) -> Option<u64> {
         match self {
             Framing::Length(n) => Some(n),
             _ => None,
@@ -182,7 +184,7 @@ pub(super) fn of(
 }
 
 /// A `Content-Length` value: ASCII digits only (no sign, no blank), at most `u64::MAX`.
-fn decimal(digits: &[u8]) -> Option<u64> {
+pub(crate) fn decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
@@ -197,6 +199,58 @@ fn decimal(digits: &[u8]) -> Option<u64> {
 /// The status of a parsed answer head.
 pub(super) fn status(response: &httparse::Response<'_, '_>) -> Result<StatusCode, ()> {
     response.code.and_then(|c| StatusCode::from_u16(c).ok()).ok_or(())
+}
+
+/// The trailer section of a chunked body, if it has any valid field.
+pub(crate) fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, &'static str> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    let fields = match httparse::parse_headers(section, &mut slots) {
+        Ok(httparse::Status::Complete((_, fields))) => fields,
+        _ => return Err("malformed trailers"),
+    };
+    let mut trailers = HeaderMap::with_capacity(fields.len());
+    for f in fields.iter() {
+        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "invalid trailer name")?;
+        let value = HeaderValue::from_bytes(f.value).map_err(|_| "invalid trailer value")?;
+        trailers.append(name, value);
+    }
+    Ok((!trailers.is_empty()).then_some(trailers))
+}
+
+/// Writes one `name: value` line.
+pub(crate) fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes every field of `headers`.
+pub(crate) fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+/// Writes `n` in hexadecimal (a chunk size).
+pub(crate) fn put_hex(out: &mut Vec<u8>, n: usize) {
+    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..digits).rev() {
+        out.push(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
+    }
+}
+
+/// `n` in decimal, written into the end of `buf`.
+pub(crate) fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
 }
 
 #[cfg(test)]

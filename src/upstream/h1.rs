@@ -18,13 +18,13 @@ use std::io;
 use std::pin::{pin, Pin};
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use super::framing::{self, Framing, Step, MAX_HEAD, MAX_HEADERS};
+use super::framing::{self, itoa, put_header, put_headers, put_hex, Framing, Step, MAX_HEAD, MAX_HEADERS};
 use super::{InflightGuard, RequestBody, UpstreamIo};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -470,39 +470,6 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
     chunked
 }
 
-fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.extend_from_slice(name);
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
-fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) {
-    for (name, value) in headers {
-        put_header(out, name.as_str().as_bytes(), value.as_bytes());
-    }
-}
-
-fn put_hex(out: &mut Vec<u8>, n: usize) {
-    let digits = (usize::BITS - n.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..digits).rev() {
-        out.put_u8(b"0123456789abcdef"[(n >> (i * 4)) & 0xf]);
-    }
-}
-
-/// `n` in decimal, written into the end of `buf`.
-fn itoa(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 /// An upstream answer's body, read straight from the connection.
 pub struct H1Body {
     /// The connection, until the body is complete.
@@ -600,7 +567,7 @@ impl Body for H1Body {
                     this.framing = Framing::Length(0);
                     this.finish_if_complete();
                     this.conn = None;
-                    return Poll::Ready(match trailers.map(|t| parse_trailers(&t)) {
+                    return Poll::Ready(match trailers.map(|t| framing::parse_trailers(&t)) {
                         None | Some(Ok(None)) => None,
                         Some(Ok(Some(trailers))) => Some(Ok(Frame::trailers(trailers))),
                         Some(Err(e)) => Some(Err(e.into())),
@@ -642,22 +609,6 @@ impl Body for H1Body {
             (true, None) => SizeHint::default(),
         }
     }
-}
-
-/// The trailer section of a chunked answer, if it has any valid field.
-fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, &'static str> {
-    let mut slots = [httparse::EMPTY_HEADER; 32];
-    let fields = match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        _ => return Err("malformed trailers"),
-    };
-    let mut trailers = HeaderMap::with_capacity(fields.len());
-    for f in fields.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| "invalid trailer name")?;
-        let value = HeaderValue::from_bytes(f.value).map_err(|_| "invalid trailer value")?;
-        trailers.append(name, value);
-    }
-    Ok((!trailers.is_empty()).then_some(trailers))
 }
 
 #[cfg(test)]
@@ -781,8 +732,10 @@ mod tests {
 
     #[test]
     fn trailers_parse() {
-        let trailers = parse_trailers(b"grpc-status: 0\r\n\r\n").expect("valid").expect("some");
+        let trailers = framing::parse_trailers(b"grpc-status: 0\r\n\r\n")
+            .expect("valid")
+            .expect("some");
         assert_eq!(trailers["grpc-status"], "0");
-        assert!(parse_trailers(b"bad header\r\n\r\n").is_err());
+        assert!(framing::parse_trailers(b"bad header\r\n\r\n").is_err());
     }
 }

@@ -4,7 +4,7 @@
 //! An [`Endpoint`] outlives routing tables: [`Upstreams`] interns one per address and
 //! protocol, so a table swap keeps every pooled connection warm.
 
-mod framing;
+pub(crate) mod framing;
 mod h1;
 mod io;
 mod pipeline;

@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::h1::{self, H1Body, Upgraded};
 use super::{Endpoint, InflightGuard};
 use crate::config::{Limits, Protocol};
+use crate::server::ClientBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed rather than queued.
 const MAX_IDLE_PER_ENDPOINT: usize = 1024;
@@ -39,7 +40,7 @@ pub struct RequestBody {
 #[derive(Debug)]
 enum BodyKind {
     Client {
-        inner: Incoming,
+        inner: ClientBody,
         remaining: u64,
         /// Boxed: rarely there, and the body moves with its request.
         tee: Option<Box<Tee>>,
@@ -102,13 +103,9 @@ impl Tee {
 }
 
 impl RequestBody {
-    /// Wraps a client body that may carry at most `limit` bytes.
-    pub fn new(inner: Incoming, limit: u64) -> Self {
-        Self::teed(inner, limit, None)
-    }
-
-    /// Like [`RequestBody::new`], keeping a bounded copy in `tee`.
-    pub fn teed(inner: Incoming, limit: u64, mut tee: Option<Tee>) -> Self {
+    /// Wraps a client body that may carry at most `limit` bytes, keeping a bounded copy in
+    /// `tee`.
+    pub fn teed(inner: ClientBody, limit: u64, mut tee: Option<Tee>) -> Self {
         if let Some(tee) = tee.as_mut() {
             tee.declared = inner.size_hint().exact();
         }
@@ -164,7 +161,7 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(Box::new(e)))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
                 if let Some(tee) = tee.as_mut() {
                     tee.finish();

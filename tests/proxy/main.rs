@@ -3,6 +3,7 @@
 
 mod admin;
 mod browser;
+mod client_h1;
 mod dashboard;
 mod deploy;
 mod failures;
