@@ -53,6 +53,10 @@ use crate::upstream::framing::{self, itoa, put_header, put_headers, put_hex, Fra
 
 /// Header fields read in a request head (as hyper's server allows).
 const MAX_HEADERS: usize = 100;
+/// Header fields whose places are kept on the stack while a head is parsed.
+const FEW_HEADERS: usize = 24;
+/// Fields the proxy may add to a request (`X-Forwarded-For`, `-Proto`, `-Host`, flags).
+const ADDED_FIELDS: usize = 4;
 /// Read buffer growth.
 const READ_CHUNK: usize = 8 << 10;
 /// Body data up to this size is copied behind the head (or the chunk line) and sent with it in
@@ -235,13 +239,15 @@ pub async fn serve(
     }));
     let mut out = Vec::new();
     let mut timer: Option<Pin<Box<Sleep>>> = None;
-    let mut stopped = false;
+    // `stop` only ever turns true: a change seen by this copy (one atomic load) means it did.
+    let stopped = stop.clone();
     let mut stopping = pin!(stop.wait_for(|stop| *stop));
+    let mut done = false;
     let mut poll_stop = move |cx: &mut Context<'_>| {
-        if !stopped && stopping.as_mut().poll(cx).is_ready() {
-            stopped = true;
+        if !done && stopping.as_mut().poll(cx).is_ready() {
+            done = true;
         }
-        stopped
+        done
     };
 
     loop {
@@ -260,13 +266,13 @@ pub async fn serve(
             }
             let idle = read.buf.is_empty();
             let waited = poll_fn(|cx| {
-                if idle && poll_stop(cx) {
-                    return Poll::Ready(Wait::Stop);
-                }
                 match read.poll_fill(cx) {
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Wait::Closed),
                     Poll::Ready(Ok(_)) => return Poll::Ready(Wait::More),
                     Poll::Pending => {}
+                }
+                if idle && poll_stop(cx) {
+                    return Poll::Ready(Wait::Stop);
                 }
                 poll_deadline(&mut timer, deadline, cx).map(|()| Wait::Timeout)
             })
@@ -318,7 +324,6 @@ pub async fn serve(
                 if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(response));
                 }
-                poll_stop(cx);
                 // A client that closes its side abandons its request. What it sends meanwhile
                 // (pipelined requests) is kept, up to a head's worth.
                 if let Some(read) = side.as_mut() {
@@ -340,7 +345,8 @@ pub async fn serve(
         };
 
         let status = response.status();
-        keep_alive &= !poll_fn(|cx| Poll::Ready(poll_stop(cx))).await;
+        // Shutting down: this is the connection's last answer.
+        keep_alive &= !stopped.has_changed().unwrap_or(true);
         let sent = write_answer(&mut writer, &mut out, response, &answer, &mut keep_alive).await;
         if out.capacity() > MAX_IDLE_WRITE_BUFFER {
             out = Vec::new();
@@ -393,7 +399,12 @@ fn poll_deadline(timer: &mut Option<Pin<Box<Sleep>>>, deadline: Instant, cx: &mu
 /// Parses the request head at the start of `buf`; `Ok(None)`: not complete yet.
 fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal> {
     const TOO_LARGE: StatusCode = StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE;
-    let mut spans: [Span; MAX_HEADERS] = [(0, 0, 0, 0); MAX_HEADERS];
+    if buf.is_empty() {
+        return Ok(None);
+    }
+    // Most heads have a few fields: their spans stay on the stack.
+    let mut few: [Span; FEW_HEADERS] = [(0, 0, 0, 0); FEW_HEADERS];
+    let mut many = Vec::new();
     let (len, method, target, version, fields) = {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut request = httparse::Request::new(&mut []);
@@ -410,6 +421,10 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
         };
         let base = buf.as_ptr() as usize;
         let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        if request.headers.len() > FEW_HEADERS {
+            many.resize(request.headers.len(), (0, 0, 0, 0));
+        }
+        let spans = if many.is_empty() { &mut few[..] } else { &mut many[..] };
         for (span, h) in spans.iter_mut().zip(request.headers.iter()) {
             let (name, value) = (at(h.name.as_bytes()), at(h.value));
             *span = (name, name + h.name.len() as u32, value, value + h.value.len() as u32);
@@ -427,10 +442,12 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
         .map_err(|_| (StatusCode::BAD_REQUEST, "invalid request target"))?;
     let http10 = version == 0;
 
-    let mut headers = HeaderMap::with_capacity(fields);
+    // Room for what the proxy adds (`X-Forwarded-*`), so the map does not grow on the way.
+    let mut headers = HeaderMap::with_capacity(fields + ADDED_FIELDS);
     let (mut length, mut coded, mut chunked) = (None::<u64>, false, false);
     let (mut close, mut keep_alive, mut upgrade_token, mut upgrade_field) = (false, false, false, false);
     let (mut expect_continue, mut trailers) = (false, false);
+    let spans = if many.is_empty() { &few[..] } else { &many[..] };
     for &(name_start, name_end, value_start, value_end) in &spans[..fields] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
             .map_err(|_| (StatusCode::BAD_REQUEST, "invalid header name"))?;

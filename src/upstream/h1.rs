@@ -332,6 +332,8 @@ fn poll_head(
 /// Header fields parsed on a first try; a head with more is parsed again with room for
 /// [`MAX_HEADERS`].
 const FEW_HEADERS: usize = 24;
+/// Fields the proxy may add to an answer (`X-Sluice-Version`, `Set-Cookie`).
+const ADDED_FIELDS: usize = 2;
 
 /// Where a field's name and value are in the head: `(name start, name end, value start, value end)`.
 type Span = (usize, usize, usize, usize);
@@ -354,6 +356,9 @@ enum Parsed {
 /// header values share the head's bytes rather than being copied.
 fn parse_head(read: &mut BytesMut, head_request: bool, upgrade: bool) -> Result<Option<Head>, &'static str> {
     loop {
+        if read.is_empty() {
+            return Ok(None);
+        }
         let mut spans = [(0, 0, 0, 0); FEW_HEADERS];
         let mut many = Vec::new();
         let mut parsed = locate::<FEW_HEADERS>(read, &mut spans, head_request);
@@ -384,7 +389,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool, upgrade: bool) -> Result<
             return Err("101 to a request that asked for no upgrade");
         }
         let head = read.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(fields);
+        let mut headers = HeaderMap::with_capacity(fields + ADDED_FIELDS);
         let mut coded = false;
         for &(name_start, name_end, value_start, value_end) in &spans[..fields] {
             let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| "invalid header name")?;
