@@ -179,6 +179,8 @@ async fn accept_loop(
                     _ = stop.wait_for(|stopping| *stopping) => return,
                 };
                 if !h2 {
+                    // Drained through `open`, not hyper's watcher.
+                    drop(watcher);
                     server::h1::serve(stream, proxy, client, builders.own_http1, stop).await;
                     return;
                 }

@@ -12,9 +12,17 @@ pub fn duration(text: &str) -> Result<Duration, String> {
             "\"{text}\" has no unit: write e.g. \"{trimmed}s\" or \"{trimmed}ms\""
         ));
     }
-    humantime::parse_duration(trimmed)
-        .map_err(|e| format!("\"{text}\" is not a duration ({e}): write e.g. \"250ms\", \"30s\", \"2m\""))
+    let parsed = humantime::parse_duration(trimmed)
+        .map_err(|e| format!("\"{text}\" is not a duration ({e}): write e.g. \"250ms\", \"30s\", \"2m\""))?;
+    if parsed > MAX_DURATION {
+        return Err(format!("\"{text}\" is too long: at most 10 years"));
+    }
+    Ok(parsed)
 }
+
+/// Longest duration a config may give: deadlines are the current time plus a duration, which
+/// must stay representable.
+const MAX_DURATION: Duration = Duration::from_secs(3660 * 86_400);
 
 /// Parses a byte size such as `16MiB`, `64KiB`, `1MB` or `512` (bytes).
 pub fn size(text: &str) -> Result<u64, String> {
@@ -131,6 +139,9 @@ mod tests {
             "bare number must name the fix"
         );
         assert!(duration("soon").is_err());
+        // A deadline this far would overflow the clock (it panicked a connection's task).
+        assert!(duration("300000000000y").unwrap_err().contains("at most 10 years"));
+        assert_eq!(duration("10y").map(|d| d.as_secs() / 86_400), Ok(3652));
     }
 
     #[test]

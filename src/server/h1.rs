@@ -18,9 +18,11 @@
 //!   that asked for them (`TE: trailers`). `Date` is added when the upstream sent none.
 //! - **Keep-alive and pipelining:** HTTP/1.1 keeps the connection unless either side says
 //!   `close`; HTTP/1.0 only with `Connection: keep-alive`. Pipelined requests are answered in
-//!   order. A client that closes its side while its request is being handled abandons the
-//!   request (as with hyper's server).
-//! - **`Expect: 100-continue`** is answered as soon as the head is read.
+//!   order. A client that closes its side while its request is handled or its answer waits for
+//!   data abandons the request (unless pipelined requests wait behind it, as with hyper's
+//!   server). Chunk extensions are ignored, at most 16 KiB per body.
+//! - **`Expect: 100-continue`** is answered when the body is first read (so a request refused
+//!   from its head gets no `100`), unless the final answer has started.
 //! - **Timeouts and shutdown:** the next head must arrive within `request_headers` of the last
 //!   answer (one timer per connection, re-armed only when it fires early). On shutdown, an idle
 //!   connection closes at once and a busy one after its answer (`Connection: close`).
@@ -31,6 +33,7 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -66,6 +69,9 @@ const COALESCE: usize = 16 << 10;
 const MAX_IDLE_WRITE_BUFFER: usize = 64 << 10;
 /// The interim answer to `Expect: 100-continue`.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// Chunk extensions read per request body (as hyper's server allows): they count toward no
+/// other limit.
+const MAX_CHUNK_EXTENSIONS: usize = 16 << 10;
 
 /// How a connection is served.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +99,92 @@ impl ReadSide {
     }
 }
 
+/// The connection's read half: at home, or lent to a request body.
+struct Reader {
+    home: Option<Box<ReadSide>>,
+    lent: Option<oneshot::Receiver<Box<ReadSide>>>,
+}
+
+impl Reader {
+    /// Lends the read half to a body; it comes back through the returned sender.
+    fn lend(&mut self) -> (Option<Box<ReadSide>>, oneshot::Sender<Box<ReadSide>>) {
+        let (give, back) = oneshot::channel();
+        self.lent = Some(back);
+        (self.home.take(), give)
+    }
+
+    /// Takes the read half back if its body has returned it; `Ready(false)`: it never will (the
+    /// body ended early and what is left of it cannot be told from a request).
+    fn poll_home(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        if let Some(lent) = self.lent.as_mut() {
+            let back = ready!(Pin::new(lent).poll(cx));
+            self.lent = None;
+            self.home = back.ok();
+        }
+        Poll::Ready(self.home.is_some())
+    }
+
+    /// The same, without waiting.
+    fn is_home(&mut self) -> bool {
+        if let Some(lent) = self.lent.as_mut() {
+            match lent.try_recv() {
+                Ok(read) => {
+                    self.home = Some(read);
+                    self.lent = None;
+                }
+                Err(oneshot::error::TryRecvError::Empty) => return false,
+                Err(oneshot::error::TryRecvError::Closed) => self.lent = None,
+            }
+        }
+        self.home.is_some()
+    }
+
+    /// Ready once the client has closed its side (or its connection failed) while a request is
+    /// being handled or answered: the request is abandoned, as hyper's server does. Not while
+    /// pipelined bytes wait (the client still wants answers), nor while the body has the read
+    /// half.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let Poll::Ready(true) = self.poll_home(cx) else {
+            return Poll::Pending;
+        };
+        let Some(read) = self.home.as_mut().filter(|read| read.buf.is_empty()) else {
+            return Poll::Pending;
+        };
+        match read.poll_fill(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(()),
+            Poll::Ready(Ok(_)) | Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Who writes first after an `Expect: 100-continue` head: the body (`100 Continue`, when it is
+/// first read) or the connection (the final answer, which makes the `100` pointless).
+#[derive(Debug, Default)]
+struct Interim(AtomicU8);
+
+impl Interim {
+    const OPEN: u8 = 0;
+    const WRITING: u8 = 1;
+    const ANSWERING: u8 = 2;
+    const SENT: u8 = 3;
+    const BROKEN: u8 = 4;
+
+    /// Claims the connection for the final answer; `false` if a half-written `100` broke it.
+    async fn claim_for_answer(&self) -> bool {
+        loop {
+            match self
+                .0
+                .compare_exchange(Self::OPEN, Self::ANSWERING, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) | Err(Self::SENT | Self::ANSWERING) => return true,
+                Err(Self::BROKEN) => return false,
+                // The body is inside one non-blocking write.
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+    }
+}
+
 /// A client's request body, read straight from its connection.
 #[derive(Debug)]
 pub struct RequestBody {
@@ -101,6 +193,10 @@ pub struct RequestBody {
     framing: Framing,
     /// Where the read half goes back to at the body's end.
     back: Option<oneshot::Sender<Box<ReadSide>>>,
+    /// Chunk extension bytes read so far.
+    extensions: usize,
+    /// `Expect: 100-continue`: sent when the body is first read, unless the answer came first.
+    interim: Option<Arc<Interim>>,
 }
 
 /// Why a client's request body could not be read.
@@ -126,6 +222,45 @@ impl RequestBody {
         self.read = None;
         Poll::Ready(Some(Err(Box::new(BodyError(why)))))
     }
+
+    /// Sends `100 Continue` unless the final answer has started. One non-blocking write: a
+    /// client that leaves no room for 25 bytes is not reading, and a `100` cut short breaks the
+    /// connection.
+    fn poll_continue(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), &'static str>> {
+        let (Some(interim), Some(read)) = (self.interim.as_ref(), self.read.as_ref()) else {
+            return Poll::Ready(Ok(()));
+        };
+        let stream: &TcpStream = read.io.as_ref();
+        loop {
+            if interim
+                .0
+                .compare_exchange(Interim::OPEN, Interim::WRITING, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                // The answer has started: no `100` any more.
+                self.interim = None;
+                return Poll::Ready(Ok(()));
+            }
+            let (state, result) = match stream.try_write(CONTINUE) {
+                Ok(n) if n == CONTINUE.len() => (Interim::SENT, Ok(())),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => (Interim::OPEN, Err(None)),
+                _ => (Interim::BROKEN, Err(Some("the client connection failed"))),
+            };
+            interim.0.store(state, Ordering::Release);
+            match result {
+                Ok(()) => {
+                    self.interim = None;
+                    return Poll::Ready(Ok(()));
+                }
+                Err(Some(why)) => return Poll::Ready(Err(why)),
+                Err(None) => {
+                    if ready!(stream.poll_write_ready(cx)).is_err() {
+                        return Poll::Ready(Err("the client connection failed"));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Body for RequestBody {
@@ -134,11 +269,20 @@ impl Body for RequestBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.interim.is_some() {
+            if let Err(why) = ready!(this.poll_continue(cx)) {
+                return this.fail(why);
+            }
+        }
         loop {
             let Some(read) = this.read.as_mut() else {
                 return Poll::Ready(None);
             };
-            match this.framing.step(&mut read.buf) {
+            let step = this.framing.step_counting(&mut read.buf, &mut this.extensions);
+            if this.extensions > MAX_CHUNK_EXTENSIONS {
+                return this.fail("chunk extensions over the limit");
+            }
+            match step {
                 Step::Data(data) => {
                     if this.framing == Framing::Length(0) {
                         this.give_back();
@@ -233,10 +377,13 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let (io, mut writer) = stream.into_split();
-    let mut side = Some(Box::new(ReadSide {
-        io,
-        buf: BytesMut::new(),
-    }));
+    let mut reader = Reader {
+        home: Some(Box::new(ReadSide {
+            io,
+            buf: BytesMut::new(),
+        })),
+        lent: None,
+    };
     let mut out = Vec::new();
     let mut timer: Option<Pin<Box<Sleep>>> = None;
     // `stop` only ever turns true: a change seen by this copy (one atomic load) means it did.
@@ -254,7 +401,7 @@ pub async fn serve(
         // The head: within `request_headers` of the end of the previous answer.
         let deadline = Instant::now() + settings.request_headers;
         let head = loop {
-            let Some(read) = side.as_mut() else { return };
+            let Some(read) = reader.home.as_mut() else { return };
             match parse_head(&mut read.buf, settings.head_limit) {
                 Ok(Some(head)) => break head,
                 Ok(None) => {}
@@ -264,7 +411,8 @@ pub async fn serve(
                     return;
                 }
             }
-            let idle = read.buf.is_empty();
+            // Blank lines between requests are ignored (RFC 9112 §2.2): no request has begun.
+            let idle = read.buf.iter().all(|&b| b == b'\r' || b == b'\n');
             let waited = poll_fn(|cx| {
                 match read.poll_fill(cx) {
                     Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Wait::Closed),
@@ -295,21 +443,21 @@ pub async fn serve(
             upgrade,
             answer,
         } = head;
-        let (body, mut back) = match body {
+        let (body, interim) = match body {
             None => (ClientBody::Empty, None),
             Some(framing) => {
-                let (give, back) = oneshot::channel();
+                let (read, give) = reader.lend();
+                let interim = expect_continue.then(Arc::<Interim>::default);
                 let body = RequestBody {
-                    read: side.take(),
+                    read,
                     framing,
                     back: Some(give),
+                    extensions: 0,
+                    interim: interim.clone(),
                 };
-                (ClientBody::H1(Box::new(body)), Some(back))
+                (ClientBody::H1(Box::new(body)), interim)
             }
         };
-        if expect_continue && back.is_some() && writer.write_all(CONTINUE).await.is_err() {
-            return;
-        }
         let upgrade = upgrade.then(|| {
             let (give, take) = oneshot::channel();
             parts
@@ -324,18 +472,7 @@ pub async fn serve(
                 if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(response));
                 }
-                // A client that closes its side abandons its request. What it sends meanwhile
-                // (pipelined requests) is kept, up to a head's worth.
-                if let Some(read) = side.as_mut() {
-                    while read.buf.len() < settings.head_limit {
-                        match read.poll_fill(cx) {
-                            Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                            Poll::Ready(Ok(_)) => {}
-                            Poll::Pending => break,
-                        }
-                    }
-                }
-                Poll::Pending
+                reader.poll_gone(cx).map(|()| None)
             })
             .await
         };
@@ -345,22 +482,20 @@ pub async fn serve(
         };
 
         let status = response.status();
-        // Shutting down: this is the connection's last answer.
-        keep_alive &= !stopped.has_changed().unwrap_or(true);
-        let sent = write_answer(&mut writer, &mut out, response, &answer, &mut keep_alive).await;
+        // Shutting down: this is the connection's last answer. So is an answer before the body
+        // was read to its end: what is left of it must not be read as the next request.
+        keep_alive &= !stopped.has_changed().unwrap_or(true) && reader.is_home();
+        if let Some(interim) = interim {
+            if !interim.claim_for_answer().await {
+                return;
+            }
+        }
+        let sent = write_answer(&mut writer, &mut out, response, &answer, &mut keep_alive, &mut reader).await;
         if out.capacity() > MAX_IDLE_WRITE_BUFFER {
             out = Vec::new();
         }
-        // A body read to its end has handed the read half back; one that was not must not be
-        // read as the next request.
-        if let Some(back) = back.as_mut() {
-            match back.try_recv() {
-                Ok(read) => side = Some(read),
-                Err(_) => keep_alive = false,
-            }
-        }
         if status == StatusCode::SWITCHING_PROTOCOLS && sent {
-            if let (Some(give), Some(read)) = (upgrade, side.take()) {
+            if let (Some(give), true, Some(read)) = (upgrade, reader.is_home(), reader.home.take()) {
                 let ReadSide { io, buf } = *read;
                 if let Ok(io) = io.reunite(writer) {
                     let _ = give.send(Upgraded { io, read: buf.freeze() });
@@ -549,6 +684,7 @@ async fn write_answer(
     response: Response<ResponseBody>,
     answer: &Answering,
     keep_alive: &mut bool,
+    reader: &mut Reader,
 ) -> bool {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -633,7 +769,18 @@ async fn write_answer(
                     return false;
                 }
                 out.clear();
-                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+                // A stalled stream (server-sent events, a long poll) is given up when the
+                // client leaves, rather than when the upstream next sends.
+                let next = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+                    Poll::Ready(frame) => Poll::Ready(Some(frame)),
+                    Poll::Pending => reader.poll_gone(cx).map(|()| None),
+                })
+                .await;
+                let Some(frame) = next else {
+                    tracing::debug!("client closed its connection during the answer");
+                    return false;
+                };
+                frame
             }
         };
         let data = match frame {

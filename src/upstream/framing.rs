@@ -46,6 +46,11 @@ pub(crate) enum Step {
 impl Framing {
     /// Takes the next piece of the body out of `buf`.
     pub(crate) fn step(&mut self, buf: &mut BytesMut) -> Step {
+        self.step_counting(buf, &mut 0)
+    }
+
+    /// [`Framing::step`], adding the length of the chunk extensions it reads to `extensions`.
+    pub(crate) fn step_counting(&mut self, buf: &mut BytesMut, extensions: &mut usize) -> Step {
         loop {
             match *self {
                 Framing::Length(0) => return Step::End(None),
@@ -68,6 +73,16 @@ impl Framing {
                 Framing::ChunkData(left) => return take(self, buf, left, Framing::ChunkData),
                 Framing::ChunkSize => match httparse::parse_chunk_size(buf) {
                     Ok(httparse::Status::Complete((n, size))) => {
+                        // httparse takes a line without digits as 0, and skips a bare LF inside
+                        // an extension: both let a body end where another reader would not.
+                        let line = &buf[..n - 1];
+                        if !line.first().is_some_and(u8::is_ascii_hexdigit) || line.contains(&b'\n') {
+                            return Step::Invalid;
+                        }
+                        let line = line.strip_suffix(b"\r").unwrap_or(line);
+                        if let Some(at) = line.iter().position(|&b| b == b';') {
+                            *extensions += line.len() - at;
+                        }
                         buf.advance(n);
                         *self = if size == 0 {
                             Framing::Trailers
@@ -368,5 +383,22 @@ mod tests {
         let mut framing = Framing::ChunkSize;
         let mut long = BytesMut::from(&[b'1'; MAX_CHUNK_LINE][..]);
         assert!(matches!(framing.step(&mut long), Step::Invalid), "endless size line");
+        // Lines another reader would end elsewhere: no digit (taken as 0 by httparse), or a bare
+        // LF inside an extension.
+        for bad in [&b"\r\nrest"[..], b";x\r\n\r\n", b"6;\nzz\r\nab\r\n0\r\n\r\n"] {
+            assert!(
+                matches!(Framing::ChunkSize.step(&mut BytesMut::from(bad)), Step::Invalid),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_extensions_are_counted() {
+        let (mut framing, mut extensions) = (Framing::ChunkSize, 0);
+        let mut wire = BytesMut::from(&b"2;a=b\r\nok\r\n2\r\nok\r\n0;last\r\n\r\n"[..]);
+        while !matches!(framing.step_counting(&mut wire, &mut extensions), Step::End(_)) {}
+        assert_eq!(extensions, ";a=b".len() + ";last".len());
     }
 }

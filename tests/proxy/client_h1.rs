@@ -716,3 +716,182 @@ async fn a_16k_answer_header_reaches_the_client_intact() {
     assert_eq!(up.hits(), 2);
     proxy.shutdown().await;
 }
+
+// ---- Review of the own codec (commit 120fd56) ----
+
+// Pins: `100 Continue` is sent only for a body the proxy is going to read. A request refused
+// from its head (413 over `max_request_body`, 404 for no service) gets its final answer first,
+// so the client never uploads the body (hyper sent `100` only when the body was first polled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expect_100_continue_is_not_sent_to_a_request_refused_from_its_head() {
+    let (up, _) = logging_upstream().await;
+    let proxy = proxy_with(
+        &service("s", "{ hosts: [s] }", &[("v", &[up.addr], 1)]),
+        "defaults: { max_request_body: 1KiB }",
+    )
+    .await;
+    for (host, length, status) in [("s", 100_000, 413), ("nowhere", 5, 404)] {
+        let mut client = RawClient::connect(proxy.addr).await;
+        client
+            .send(format!(
+                "POST /upload HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nExpect: 100-continue\r\n\r\n"
+            ))
+            .await;
+        let first = client.answer(false).await;
+        assert_eq!(
+            first.status, status,
+            "{host}: the final answer comes first, no `100 Continue`: {first:?}"
+        );
+    }
+    assert_eq!(up.hits(), 0);
+    proxy.shutdown().await;
+}
+
+// Pins: a connection that is closed after an answer says so in that answer (`connection:
+// close`), or stays usable. Here the body (already sent whole) of a request answered 404
+// without reading it: hyper drained such a body and kept the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_sent_before_the_body_was_read_says_close_or_keeps_the_connection() {
+    let (up, log) = logging_upstream().await;
+    let proxy = proxy(&service("s", "{ hosts: [s] }", &[("v", &[up.addr], 1)])).await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    client
+        .send("POST /x HTTP/1.1\r\nHost: nowhere\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.status, 404, "{answer:?}");
+    if answer.header("connection").map(str::to_ascii_lowercase).as_deref() != Some("close") {
+        // The client was told nothing: it reuses the connection.
+        let _ = client.stream.write_all(b"GET /next HTTP/1.1\r\nHost: s\r\n\r\n").await;
+        assert!(
+            client.fill().await,
+            "the proxy closed the connection after an answer without `connection: close`: {answer:?}"
+        );
+        let next = client.answer(false).await;
+        assert_eq!(next.body(), "answer for /next", "{next:?}");
+        assert_eq!(*log.lock().expect("log"), ["GET /next"]);
+    }
+    proxy.shutdown().await;
+}
+
+// Pins: a client that closes while its POST (body sent whole) is held upstream cancels it, as a
+// bodiless request does (`a_client_that_leaves_cancels_its_upstream_request`) and as hyper did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_cancels_its_held_post() {
+    let held = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
+    let (seen, gone) = (Arc::clone(&held), Arc::clone(&ended));
+    let (addr, _) = raw_upstream(move |_, mut stream| {
+        let (seen, gone) = (Arc::clone(&seen), Arc::clone(&gone));
+        async move {
+            let mut buf = Vec::new();
+            if read_request_head(&mut stream, &mut buf).await.is_some() {
+                // Reads the body (and anything else), never answers.
+                while buf.len() < 5 {
+                    let mut chunk = [0u8; 1024];
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut chunk = [0u8; 1024];
+                while matches!(stream.read(&mut chunk).await, Ok(n) if n > 0) {}
+                gone.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(&one_service(addr)).await;
+    let mut leaving = RawClient::connect(proxy.addr).await;
+    leaving
+        .send("POST /hold HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\n\r\nhello")
+        .await;
+    wait_until("the upstream holds the request and its body", || {
+        held.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    drop(leaving);
+    // Well under the 30 s answer timeout, which would also close it.
+    let cancelled = tokio::time::timeout(Duration::from_secs(5), async {
+        while ended.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(cancelled.is_ok(), "the upstream POST outlived its client");
+    proxy.shutdown().await;
+}
+
+// Pins: a client that closes in the middle of a streamed answer that has stalled (server-sent
+// events, a long poll) releases the upstream at once. hyper noticed the close while it waited
+// for the next frame of the body (`mid_message_detect_eof`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_a_stalled_streamed_answer_releases_the_upstream() {
+    let senders: Arc<Mutex<Vec<tokio::sync::mpsc::Sender<Frame<Bytes>>>>> = Arc::default();
+    let keep = Arc::clone(&senders);
+    let up = Upstream::start(move |_| {
+        let keep = Arc::clone(&keep);
+        async move {
+            let (tx, body) = channel_body(4);
+            tx.send(Frame::data(Bytes::from_static(b"event: first\n\n")))
+                .await
+                .expect("queue first event");
+            keep.lock().expect("senders").push(tx);
+            Response::new(body)
+        }
+    })
+    .await;
+    let proxy = proxy(&one_service(up.addr)).await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    client.send("GET /events HTTP/1.1\r\nHost: s\r\n\r\n").await;
+    assert!(client.line().await.starts_with("HTTP/1.1 200"));
+    let fields = client.fields().await;
+    assert!(
+        fields.iter().any(|(n, v)| n == "transfer-encoding" && v == "chunked"),
+        "{fields:?}"
+    );
+    client.line().await;
+    assert_eq!(client.take(14).await, b"event: first\n\n");
+    assert_eq!(up.open_connections(), 1);
+    drop(client);
+    let released = tokio::time::timeout(Duration::from_secs(5), async {
+        while up.open_connections() != 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(
+        released.is_ok(),
+        "the stalled answer still holds its upstream connection after the client left"
+    );
+    drop(senders);
+    proxy.shutdown().await;
+}
+
+// Pins: on shutdown, a connection idle between requests closes at once, even when the client
+// followed its last body with a stray CRLF (RFC 9112 §2.2: a server ignores empty lines before
+// a request line). hyper counted it as idle and closed it; the own codec waits for a head until
+// `request_headers` runs out, holding the drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_connection_idle_after_a_stray_crlf() {
+    let up = echoing_upstream().await;
+    let proxy = proxy_with(
+        &one_service(up.addr),
+        "defaults: { timeouts: { request_headers: 60s, drain: 60s } }",
+    )
+    .await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    client
+        .send("POST /a HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\n\r\nhello\r\n")
+        .await;
+    let answer = client.answer(false).await;
+    assert_eq!(answer.body(), "got 5: hello", "{answer:?}");
+    let stopping = tokio::spawn(proxy.shutdown());
+    let closed = tokio::time::timeout(Duration::from_secs(5), client.expect_closed()).await;
+    assert!(
+        closed.is_ok(),
+        "an idle connection (a stray CRLF after its last request) outlived the shutdown"
+    );
+    stopping.await.expect("shutdown");
+}
