@@ -71,6 +71,16 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// True for the names [`remove_hop_by_hop`] removes whatever `Connection` says.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+    *name == header::CONNECTION
+        || *name == header::TE
+        || *name == header::TRANSFER_ENCODING
+        || *name == header::UPGRADE
+        || *name == KEEP_ALIVE
+        || *name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
 ///
 /// Runs twice per request (request and response), so it first finds which hop-by-hop headers

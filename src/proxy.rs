@@ -22,7 +22,7 @@ use crate::forward::{self, ClientInfo};
 use crate::metrics;
 use crate::mirror::{self, PrimaryReport};
 use crate::router;
-use crate::server::{self, ClientBody, ClientUpgrade};
+use crate::server::{self, Checked, ClientBody, ClientUpgrade};
 use crate::split;
 use crate::table::{Routing, RoutingTable, Service, Version};
 use crate::upstream::{self, Endpoint, RequestBody, Tee};
@@ -53,7 +53,13 @@ impl Proxy {
     /// proxy's own answers, when the response body ends for upstream answers, and as `error` if
     /// the client goes away first (hyper then drops this future, and with it the [`Outcome`]).
     /// Past `max_in_flight`, a request is answered `503` before it is even routed.
-    pub async fn handle(&self, request: Request<ClientBody>, client: &ClientInfo) -> Response<ResponseBody> {
+    /// `checked`: what the server codec already checked in the head.
+    pub async fn handle(
+        &self,
+        request: Request<ClientBody>,
+        client: &ClientInfo,
+        checked: Checked,
+    ) -> Response<ResponseBody> {
         let method = request.method().clone();
         let http1 = request.version() < http::Version::HTTP_2;
         // The whole request runs on the table it started with, even if a new one is published.
@@ -68,7 +74,7 @@ impl Proxy {
             chosen: None,
             report: None,
         };
-        match self.handle_inner(table, request, client, &mut outcome).await {
+        match self.handle_inner(table, request, client, checked, &mut outcome).await {
             Ok(mut response) => {
                 // In flight until the body has been sent, not only until the head.
                 response.body_mut().hold(permit);
@@ -97,9 +103,12 @@ impl Proxy {
         table: Arc<RoutingTable>,
         mut request: Request<ClientBody>,
         client: &ClientInfo,
+        checked: Checked,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        check_head(&request)?;
+        if !checked.head {
+            check_head(&request)?;
+        }
         let host = request_host(&request);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = router::route(&table, host_str, request.uri().path()).ok_or(ProxyError::NoService)?;
@@ -117,12 +126,14 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| server::on_upgrade(&mut request));
 
         let (mut parts, body) = request.into_parts();
-        forward::remove_hop_by_hop(&mut parts.headers, upgrade);
+        if checked.hop_by_hop || upgrade {
+            forward::remove_hop_by_hop(&mut parts.headers, upgrade);
+        }
         forward::set_forwarded(&mut parts.headers, client, host.as_ref());
         // Only sluice marks copies: a client must not make the primary think it is a shadow,
         // nor turn flags on: the upstream sees only sluice's decision (shadows get it too).
         // One pass over the names finds them, rather than two hashed removals every time.
-        if parts.headers.keys().any(|name| name.as_str().starts_with("x-sluice-")) {
+        if checked.sluice_fields && parts.headers.keys().any(server::is_sluice_field) {
             parts.headers.remove(&mirror::X_SLUICE_SHADOW);
             parts.headers.remove(&flags::X_SLUICE_FLAGS);
         }
@@ -182,7 +193,9 @@ impl Proxy {
         }
 
         let (mut parts, body) = response.into_parts();
-        forward::remove_hop_by_hop(&mut parts.headers, false);
+        if body.has_hop_by_hop() {
+            forward::remove_hop_by_hop(&mut parts.headers, false);
+        }
         if service.expose_version {
             parts.headers.insert(&forward::X_SLUICE_VERSION, version.header.clone());
         }
@@ -279,20 +292,14 @@ fn check_head(request: &Request<ClientBody>) -> Result<(), ProxyError> {
     }
 }
 
-/// Refuses a body announced larger than the limit before anything is sent upstream.
+/// Refuses a body announced larger than the limit before anything is sent upstream. The server
+/// codecs (sluice's and hyper's, both protocols) refuse an invalid `Content-Length` themselves
+/// and give a body of valid length as its exact size.
 fn check_content_length(request: &Request<ClientBody>, limit: u64) -> Result<(), ProxyError> {
-    let Some(value) = request.headers().get(header::CONTENT_LENGTH) else {
-        return Ok(());
-    };
-    let length: u64 = value
-        .to_str()
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or(ProxyError::BadRequest("invalid content-length"))?;
-    if length > limit {
-        return Err(ProxyError::BodyTooLarge(limit));
+    match http_body::Body::size_hint(request.body()).exact() {
+        Some(length) if length > limit => Err(ProxyError::BodyTooLarge(limit)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Sets the URI (and `Host`) the way `endpoint`'s protocol wants them: origin form with a

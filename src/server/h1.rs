@@ -48,7 +48,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::{put_date, BoxError, ClientBody};
+use super::{put_date, BoxError, Checked, ClientBody};
 use crate::body::ResponseBody;
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
@@ -345,6 +345,7 @@ impl PendingUpgrade {
 /// A request head, parsed.
 struct Head {
     parts: http::request::Parts,
+    checked: Checked,
     /// How the body is framed; `None`: no body.
     body: Option<Framing>,
     keep_alive: bool,
@@ -437,6 +438,7 @@ pub async fn serve(
 
         let Head {
             mut parts,
+            checked,
             body,
             mut keep_alive,
             expect_continue,
@@ -467,7 +469,7 @@ pub async fn serve(
         });
 
         let response = {
-            let mut handling = pin!(proxy.handle(Request::from_parts(parts, body), &client));
+            let mut handling = pin!(proxy.handle(Request::from_parts(parts, body), &client, checked));
             poll_fn(|cx| {
                 if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(response));
@@ -582,6 +584,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
     let (mut length, mut coded, mut chunked) = (None::<u64>, false, false);
     let (mut close, mut keep_alive, mut upgrade_token, mut upgrade_field) = (false, false, false, false);
     let (mut expect_continue, mut trailers) = (false, false);
+    let (mut hosts, mut codings, mut hop_by_hop, mut sluice_fields) = (0, 0, false, false);
     let spans = if many.is_empty() { &few[..] } else { &many[..] };
     for &(name_start, name_end, value_start, value_end) in &spans[..fields] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
@@ -595,8 +598,11 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
                 return Err((StatusCode::BAD_REQUEST, "conflicting content-length"));
             }
             length = Some(n);
+        } else if name == header::HOST {
+            hosts += 1;
         } else if name == header::TRANSFER_ENCODING {
             coded = true;
+            codings += tokens(bytes).count();
             chunked = last_token(bytes).eq_ignore_ascii_case(b"chunked");
         } else if name == header::CONNECTION {
             for token in tokens(bytes) {
@@ -611,15 +617,27 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
         } else if name == header::UPGRADE {
             upgrade_field = true;
         }
+        hop_by_hop |= crate::forward::is_hop_by_hop(&name);
+        sluice_fields |= super::is_sluice_field(&name);
         headers.append(name, value);
     }
 
+    // RFC 9112 §3.2: routing by one Host and forwarding two would let the upstream pick the other.
+    match hosts {
+        _ if http10 => {}
+        0 => return Err((StatusCode::BAD_REQUEST, "no host header")),
+        1 => {}
+        _ => return Err((StatusCode::BAD_REQUEST, "more than one host header")),
+    }
     let body = if coded {
         if http10 {
             return Err((StatusCode::BAD_REQUEST, "transfer-encoding in an HTTP/1.0 request"));
         }
-        if !chunked {
-            return Err((StatusCode::BAD_REQUEST, "transfer-encoding not ending in chunked"));
+        // hyper's server refuses a last coding other than `chunked`; sluice also refuses any
+        // other coding before it (`gzip, chunked`, `chunked, chunked`), which it would forward
+        // under no coding at all.
+        if !chunked || codings != 1 {
+            return Err((StatusCode::BAD_REQUEST, "unsupported transfer-encoding"));
         }
         if length.is_some() {
             // Both: the coding frames the body, the length goes, and nothing after this
@@ -644,6 +662,11 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
     };
     Ok(Some(Head {
         parts,
+        checked: Checked {
+            head: true,
+            hop_by_hop,
+            sluice_fields,
+        },
         body,
         keep_alive: if http10 { keep_alive && !close } else { !close },
         expect_continue: expect_continue && !http10,

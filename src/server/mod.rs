@@ -14,6 +14,32 @@ use hyper::body::Incoming;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What the server codec already found out about a request head, so the handler need not look
+/// through the fields again.
+#[derive(Debug, Clone, Copy)]
+pub struct Checked {
+    /// The head passed the `Host` and `Transfer-Encoding` rules the handler enforces.
+    pub head: bool,
+    /// The head has hop-by-hop fields.
+    pub hop_by_hop: bool,
+    /// The head has `x-sluice-*` fields.
+    pub sluice_fields: bool,
+}
+
+impl Checked {
+    /// Nothing known (hyper's server): the handler checks everything.
+    pub const NOTHING: Self = Self {
+        head: false,
+        hop_by_hop: true,
+        sluice_fields: true,
+    };
+}
+
+/// True for the `x-sluice-*` names only sluice may set.
+pub fn is_sluice_field(name: &http::HeaderName) -> bool {
+    name.as_str().starts_with("x-sluice-")
+}
+
 /// A client's request body.
 #[derive(Debug)]
 pub enum ClientBody {

@@ -210,6 +210,8 @@ struct Head {
     headers: HeaderMap,
     framing: Framing,
     close: bool,
+    /// Whether a hop-by-hop field is among `headers`.
+    hop_by_hop: bool,
 }
 
 /// Sends `request` over `conn` (`reused`: it served a request before) and reads the answer's
@@ -267,6 +269,7 @@ pub(super) async fn send(
         reusable: !head.close && !switching && (request_sent || writer.is_some()),
         writer,
         lease: None,
+        hop_by_hop: head.hop_by_hop,
     });
     *response.status_mut() = head.status;
     *response.headers_mut() = head.headers;
@@ -390,12 +393,13 @@ fn parse_head(read: &mut BytesMut, head_request: bool, upgrade: bool) -> Result<
         }
         let head = read.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(fields + ADDED_FIELDS);
-        let mut coded = false;
+        let (mut coded, mut hop_by_hop) = (false, false);
         for &(name_start, name_end, value_start, value_end) in &spans[..fields] {
             let name = HeaderName::from_bytes(&head[name_start..name_end]).map_err(|_| "invalid header name")?;
             let value = HeaderValue::from_maybe_shared(head.slice(value_start..value_end))
                 .map_err(|_| "invalid header value")?;
             coded |= name == header::TRANSFER_ENCODING;
+            hop_by_hop |= crate::forward::is_hop_by_hop(&name);
             headers.append(name, value);
         }
         if coded {
@@ -408,6 +412,7 @@ fn parse_head(read: &mut BytesMut, head_request: bool, upgrade: bool) -> Result<
             headers,
             framing,
             close,
+            hop_by_hop,
         }));
     }
 }
@@ -487,6 +492,8 @@ pub struct H1Body {
     /// The request's in-flight count, and through it the endpoint whose pool takes the
     /// connection back.
     lease: Option<InflightGuard>,
+    /// Whether the answer's head has a hop-by-hop field.
+    pub(super) hop_by_hop: bool,
 }
 
 impl std::fmt::Debug for H1Body {

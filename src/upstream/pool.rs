@@ -314,6 +314,15 @@ impl UpstreamBody {
             UpstreamBody::H2(_) => None,
         }
     }
+
+    /// Whether the answer's head may have hop-by-hop fields to remove (the HTTP/1.1 client
+    /// knows; for HTTP/2, look).
+    pub fn has_hop_by_hop(&self) -> bool {
+        match self {
+            UpstreamBody::H1(body) => body.hop_by_hop,
+            UpstreamBody::H2(_) => true,
+        }
+    }
 }
 
 impl Body for UpstreamBody {
