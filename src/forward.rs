@@ -154,6 +154,52 @@ fn is_te_trailers(headers: &HeaderMap) -> bool {
     matches!((values.next(), values.next()), (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"trailers"))
 }
 
+/// A request's `X-Forwarded-*` fields: the client's address appended to any `X-Forwarded-For`
+/// received, `X-Forwarded-Proto`, and `X-Forwarded-Host` (the received Host, port included).
+/// HTTP/1.1 heads get them written as lines when they go out ([`Forwarded::put`]), which spares
+/// three hashed inserts into the request's `HeaderMap`; heads that go out as a map (HTTP/2)
+/// get them set there ([`Forwarded::apply`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded<'a> {
+    /// The client connection.
+    pub client: &'a ClientInfo,
+    /// The received host, port included.
+    pub host: Option<&'a HeaderValue>,
+}
+
+impl Forwarded<'_> {
+    /// Sets the fields in `headers`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        set_forwarded(headers, self.client, self.host);
+    }
+
+    /// True for a received field that [`Forwarded::put`] writes instead.
+    pub fn replaces(name: &HeaderName) -> bool {
+        *name == X_FORWARDED_FOR || *name == X_FORWARDED_PROTO || *name == X_FORWARDED_HOST
+    }
+
+    /// Writes the fields as head lines; `received`: `headers` has an `X-Forwarded-For` to
+    /// append to.
+    pub fn put(&self, out: &mut Vec<u8>, headers: &HeaderMap, received: bool) {
+        out.extend_from_slice(b"x-forwarded-for: ");
+        if received {
+            for value in headers.get_all(&X_FORWARDED_FOR) {
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b", ");
+            }
+        }
+        out.extend_from_slice(self.client.ip.as_bytes());
+        out.extend_from_slice(b"\r\nx-forwarded-proto: ");
+        out.extend_from_slice(self.client.proto.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        if let Some(host) = self.host {
+            out.extend_from_slice(b"x-forwarded-host: ");
+            out.extend_from_slice(host.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+}
+
 /// Sets `X-Forwarded-*` on a request going upstream. `host` is the received Host, port included.
 pub fn set_forwarded(headers: &mut HeaderMap, client: &ClientInfo, host: Option<&HeaderValue>) {
     // One lookup for X-Forwarded-For: appended to when the client sent one, set otherwise.

@@ -19,8 +19,10 @@ use http_body_util::BodyExt;
 use tokio::sync::{oneshot, watch};
 
 use crate::config::{Compare, Limits};
+use crate::forward::{Forwarded, X_FORWARDED_FOR};
 use crate::metrics::{DropReason, InflightGuard, MismatchSample};
 use crate::table::{Mirror, Service};
+use crate::upstream::framing::put_header;
 use crate::upstream::{self, Endpoint, RequestBody};
 
 /// Header that tells a shadow upstream its request is a copy.
@@ -119,6 +121,7 @@ struct Copy {
 pub fn spawn(
     plans: Vec<Plan>,
     parts: &Parts,
+    forwarded: &Forwarded<'_>,
     copy: Option<oneshot::Receiver<Option<Bytes>>>,
     primary: Option<watch::Receiver<Option<PrimaryOutcome>>>,
     limits: Limits,
@@ -146,12 +149,13 @@ pub fn spawn(
         if let Some(host) = &host {
             head.headers_mut().insert(header::HOST, host.clone());
         }
+        forwarded.apply(head.headers_mut());
         head.headers_mut()
             .insert(&X_SLUICE_SHADOW, HeaderValue::from_static("true"));
         (head, host)
     });
     let copy_of = Copy {
-        wire_head: wire_head(parts, host),
+        wire_head: wire_head(parts, host, forwarded),
         head,
         framed: parts.headers.contains_key(header::CONTENT_LENGTH)
             || parts.headers.contains_key(header::TRANSFER_ENCODING),
@@ -181,7 +185,7 @@ pub fn spawn(
 /// The request line and headers of a copy for an HTTP/1.1 shadow, in origin form, with the
 /// shadow `Host` and the shadow mark, and without framing headers (the copy's own length is
 /// added when the body is known). `host` is the client's: it gets the `-shadow` suffix here.
-fn wire_head(parts: &Parts, host: Option<&[u8]>) -> Vec<u8> {
+fn wire_head(parts: &Parts, host: Option<&[u8]>, forwarded: &Forwarded<'_>) -> Vec<u8> {
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -193,15 +197,18 @@ fn wire_head(parts: &Parts, host: Option<&[u8]>) -> Vec<u8> {
         put_shadow_host(&mut out, host);
         out.extend_from_slice(b"\r\n");
     }
+    let mut received = false;
     for (name, value) in &parts.headers {
         if name == header::HOST || name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        if Forwarded::replaces(name) {
+            received |= name == X_FORWARDED_FOR;
+            continue;
+        }
+        put_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
+    forwarded.put(&mut out, &parts.headers, received);
     out.extend_from_slice(b"x-sluice-shadow: true\r\n");
     out
 }
@@ -283,7 +290,7 @@ async fn send_h2(
     limits: Limits,
 ) -> Option<(StatusCode, u64, Option<u64>)> {
     let deadline = tokio::time::Instant::now() + limits.response_headers;
-    let Ok((response, lease)) = Endpoint::send(guard, request, &limits, deadline).await else {
+    let Ok((response, lease)) = Endpoint::send(guard, request, &limits, deadline, None).await else {
         return None;
     };
     let status = response.status();

@@ -18,7 +18,7 @@ use crate::body::{Completion, ResponseBody};
 use crate::config::Protocol;
 use crate::error::ProxyError;
 use crate::flags;
-use crate::forward::{self, ClientInfo};
+use crate::forward::{self, ClientInfo, Forwarded};
 use crate::metrics;
 use crate::mirror::{self, PrimaryReport};
 use crate::router;
@@ -129,7 +129,6 @@ impl Proxy {
         if checked.hop_by_hop || upgrade {
             forward::remove_hop_by_hop(&mut parts.headers, upgrade);
         }
-        forward::set_forwarded(&mut parts.headers, client, host.as_ref());
         // Only sluice marks copies: a client must not make the primary think it is a shadow,
         // nor turn flags on: the upstream sees only sluice's decision (shadows get it too).
         // One pass over the names finds them, rather than two hashed removals every time.
@@ -149,6 +148,10 @@ impl Proxy {
                 service,
                 &version.name,
                 &parts,
+                &Forwarded {
+                    client,
+                    host: host.as_ref(),
+                },
                 http_body::Body::is_end_stream(&body),
                 &table,
                 outcome,
@@ -161,6 +164,7 @@ impl Proxy {
             version,
             outgoing,
             host,
+            client,
             service
                 .outlier_detection
                 .as_ref()
@@ -349,6 +353,7 @@ async fn send_with_retry(
     version: &Version,
     mut request: Request<RequestBody>,
     host: Option<HeaderValue>,
+    client: &ClientInfo,
     outlier: Option<(&crate::config::OutlierSpec, &crate::health::Events)>,
 ) -> Result<(Response<upstream::UpstreamBody>, upstream::Lease, Arc<Endpoint>), ProxyError> {
     let limits = &table.limits;
@@ -366,9 +371,13 @@ async fn send_with_retry(
         timeout: limits.response_headers,
     };
 
+    let forwarded = Forwarded {
+        client,
+        host: host.as_ref(),
+    };
     for attempt in 0..2 {
         target_request(&mut request, &endpoint, host.as_ref());
-        let failure = match Endpoint::send(endpoint.begin(), request, limits, deadline).await {
+        let failure = match Endpoint::send(endpoint.begin(), request, limits, deadline, Some(&forwarded)).await {
             Ok((response, lease)) => {
                 observe(&endpoint, response.status().is_server_error());
                 return Ok((response, lease, endpoint));
@@ -442,6 +451,7 @@ fn mirror_request(
     service: &Service,
     primary: &str,
     parts: &http::request::Parts,
+    forwarded: &Forwarded<'_>,
     body_less: bool,
     table: &RoutingTable,
     outcome: &mut Outcome,
@@ -461,6 +471,6 @@ fn mirror_request(
         outcome.report = Some((report, compare == crate::config::Compare::Body));
         primary
     });
-    mirror::spawn(plans, parts, copy, primary, table.limits);
+    mirror::spawn(plans, parts, forwarded, copy, primary, table.limits);
     tee
 }

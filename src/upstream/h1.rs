@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 use super::framing::{self, itoa, put_header, put_headers, put_hex, Framing, Step, MAX_HEAD, MAX_HEADERS};
 use super::{InflightGuard, RequestBody, UpstreamIo};
+use crate::forward::{Forwarded, X_FORWARDED_FOR};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -217,19 +218,17 @@ struct Head {
 /// Sends `request` over `conn` (`reused`: it served a request before) and reads the answer's
 /// head. The body comes with the answer; once given the request's in-flight guard
 /// ([`H1Body::attach`]), it returns the connection to that endpoint's pool when done.
+/// `forwarded`: the `X-Forwarded-*` fields to write.
 pub(super) async fn send(
     mut conn: Box<Conn>,
     request: Request<RequestBody>,
     reused: bool,
     deadline: tokio::time::Instant,
+    forwarded: Option<&Forwarded<'_>>,
 ) -> Result<Response<H1Body>, Failure> {
     let (parts, body) = request.into_parts();
     let empty = body.is_end_stream();
-    let chunked = encode_head(&mut conn.out, &parts, &body);
-    let upgrade = parts
-        .headers
-        .get(header::CONNECTION)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"upgrade"));
+    let Encoded { chunked, upgrade } = encode_head(&mut conn.out, &parts, &body, forwarded);
     let mut writer = Writer {
         sending: (!empty).then_some(Sending { body, chunked }),
         started: false,
@@ -446,7 +445,20 @@ fn locate<const N: usize>(read: &[u8], spans: &mut [Span], head_request: bool) -
 }
 
 /// Writes the request line and headers; returns whether the body goes chunked.
-fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBody) -> bool {
+/// What [`encode_head`] found out.
+struct Encoded {
+    /// The body goes chunked.
+    chunked: bool,
+    /// The request asks to switch protocols (`Connection: upgrade`).
+    upgrade: bool,
+}
+
+fn encode_head(
+    out: &mut Vec<u8>,
+    parts: &http::request::Parts,
+    body: &RequestBody,
+    forwarded: Option<&Forwarded<'_>>,
+) -> Encoded {
     out.clear();
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b' ');
@@ -463,11 +475,20 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
         None => (None, true),
     };
     let reframed = length.is_some() || chunked;
+    let (mut received, mut upgrade) = (false, false);
     for (name, value) in &parts.headers {
         if reframed && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING) {
             continue;
         }
+        upgrade |= name == header::CONNECTION && value.as_bytes().eq_ignore_ascii_case(b"upgrade");
+        if forwarded.is_some() && Forwarded::replaces(name) {
+            received |= name == X_FORWARDED_FOR;
+            continue;
+        }
         put_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    if let Some(forwarded) = forwarded {
+        forwarded.put(out, &parts.headers, received);
     }
     if let Some(n) = length {
         out.extend_from_slice(b"content-length: ");
@@ -477,7 +498,7 @@ fn encode_head(out: &mut Vec<u8>, parts: &http::request::Parts, body: &RequestBo
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    chunked
+    Encoded { chunked, upgrade }
 }
 
 /// An upstream answer's body, read straight from the connection.
@@ -715,14 +736,14 @@ mod tests {
             .body(RequestBody::buffered(Bytes::from_static(b"hello")))
             .expect("request");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let failure = send(Conn::new(io, deadline), request, true, deadline).await;
+        let failure = send(Conn::new(io, deadline), request, true, deadline, None).await;
         let Err(Failure::Stale(again)) = failure else {
             panic!("expected a stale failure");
         };
         // What would go out on the next connection:
         let mut wire = Vec::new();
         let (parts, body) = again.into_parts();
-        encode_head(&mut wire, &parts, &body);
+        encode_head(&mut wire, &parts, &body, None);
         let head = String::from_utf8_lossy(&wire).into_owned();
         assert_eq!(
             body.size_hint().exact(),
@@ -749,5 +770,38 @@ mod tests {
             .expect("some");
         assert_eq!(trailers["grpc-status"], "0");
         assert!(framing::parse_trailers(b"bad header\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn forwarded_fields_are_written_with_the_head() {
+        let client = crate::forward::ClientInfo::plain("10.0.0.9:5000".parse().expect("addr"));
+        let host = HeaderValue::from_static("shop.test:8080");
+        let forwarded = Forwarded {
+            client: &client,
+            host: Some(&host),
+        };
+        let request = Request::get("/p")
+            .header(header::HOST, "shop.test:8080")
+            .header("x-forwarded-for", "1.2.3.4")
+            .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.test")
+            .header("x-kept", "yes")
+            .header("x-forwarded-for", "5.6.7.8")
+            .body(RequestBody::buffered(Bytes::new()))
+            .expect("request");
+        let (parts, body) = request.into_parts();
+        let mut wire = Vec::new();
+        encode_head(&mut wire, &parts, &body, Some(&forwarded));
+        let wire = String::from_utf8(wire).expect("text");
+        assert!(
+            wire.contains("x-forwarded-for: 1.2.3.4, 5.6.7.8, 10.0.0.9\r\n"),
+            "{wire}"
+        );
+        assert!(wire.contains("x-forwarded-proto: http\r\n"), "{wire}");
+        assert!(wire.contains("x-forwarded-host: shop.test:8080\r\n"), "{wire}");
+        assert!(wire.contains("x-kept: yes\r\n"), "{wire}");
+        for name in ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"] {
+            assert_eq!(wire.matches(name).count(), 1, "{name} once: {wire}");
+        }
     }
 }

@@ -23,6 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use super::h1::{self, H1Body, Upgraded};
 use super::{Endpoint, InflightGuard};
 use crate::config::{Limits, Protocol};
+use crate::forward::Forwarded;
 use crate::server::ClientBody;
 
 /// Idle HTTP/1.1 connections kept per endpoint; more are closed rather than queued.
@@ -397,15 +398,17 @@ impl SendFailure {
 impl Endpoint {
     /// Sends `request` to this endpoint over a pooled or new connection; fails with
     /// [`FailureKind::Timeout`] if the answer's head is not in by `deadline`.
+    /// `forwarded`: the `X-Forwarded-*` fields to add on the way.
     pub async fn send(
         guard: InflightGuard,
         mut request: Request<RequestBody>,
         limits: &Limits,
         deadline: tokio::time::Instant,
+        forwarded: Option<&Forwarded<'_>>,
     ) -> Result<(Response<UpstreamBody>, Lease), SendFailure> {
         let endpoint = guard.endpoint();
         if endpoint.protocol == Protocol::Http2 {
-            let sent = tokio::time::timeout_at(deadline, endpoint.send_h2(request, limits)).await;
+            let sent = tokio::time::timeout_at(deadline, endpoint.send_h2(request, limits, forwarded)).await;
             let response = sent.unwrap_or(Err(SendFailure::timeout()))?;
             return Ok((response.map(UpstreamBody::H2), Lease { _guard: Some(guard) }));
         }
@@ -416,7 +419,7 @@ impl Endpoint {
         };
 
         if let Some(conn) = endpoint.pool.take_idle(limits) {
-            match h1::send(conn, request, true, deadline).await {
+            match h1::send(conn, request, true, deadline, forwarded).await {
                 Ok(response) => return Ok(attach(response, guard)),
                 // Closed before it could use our request: send it on a fresh connection.
                 Err(h1::Failure::Stale(unsent)) => request = *unsent,
@@ -428,7 +431,7 @@ impl Endpoint {
             Ok(Err(e)) => return Err(SendFailure::connect(e, request)),
             Err(_) => return Err(SendFailure::timeout()),
         };
-        match h1::send(h1::Conn::new(io, deadline), request, false, deadline).await {
+        match h1::send(h1::Conn::new(io, deadline), request, false, deadline, forwarded).await {
             Ok(response) => Ok(attach(response, guard)),
             Err(failure) => Err(SendFailure::h1(failure)),
         }
@@ -438,12 +441,17 @@ impl Endpoint {
         &self,
         mut request: Request<RequestBody>,
         limits: &Limits,
+        forwarded: Option<&Forwarded<'_>>,
     ) -> Result<Response<Incoming>, SendFailure> {
         *request.version_mut() = http::Version::HTTP_2;
         let mut sender = match self.h2_sender(limits).await {
             Ok(sender) => sender,
             Err(e) => return Err(SendFailure::connect(e, request)),
         };
+        // Only now: a request that could not be sent goes back unchanged, for another try.
+        if let Some(forwarded) = forwarded {
+            forwarded.apply(request.headers_mut());
+        }
         let sent = sender.try_send_request(request).await;
         if sent.is_err() && sender.is_closed() {
             // Forget the dead connection so the next request opens a new one. A failed
