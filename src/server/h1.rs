@@ -58,8 +58,8 @@ use crate::upstream::framing::{self, itoa, put_header, put_headers, put_hex, Fra
 const MAX_HEADERS: usize = 100;
 /// Header fields whose places are kept on the stack while a head is parsed.
 const FEW_HEADERS: usize = 24;
-/// Fields the proxy may add to a request (`X-Forwarded-For`, `-Proto`, `-Host`, flags).
-const ADDED_FIELDS: usize = 4;
+/// Fields the proxy may add to a request's map (`Host` for an absolute-form target, the flags).
+const ADDED_FIELDS: usize = 2;
 /// Read buffer growth.
 const READ_CHUNK: usize = 8 << 10;
 /// Body data up to this size is copied behind the head (or the chunk line) and sent with it in
@@ -579,7 +579,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
         .map_err(|_| (StatusCode::BAD_REQUEST, "invalid request target"))?;
     let http10 = version == 0;
 
-    // Room for what the proxy adds (`X-Forwarded-*`), so the map does not grow on the way.
+    // Room for what the proxy adds, so the map does not grow on the way.
     let mut headers = HeaderMap::with_capacity(fields + ADDED_FIELDS);
     let (mut length, mut coded, mut chunked) = (None::<u64>, false, false);
     let (mut close, mut keep_alive, mut upgrade_token, mut upgrade_field) = (false, false, false, false);
