@@ -19,7 +19,7 @@ export RUSTC_BOOTSTRAP=1
 unset CARGO_TARGET_DIR
 seconds=${FUZZ_SECONDS:-60}
 sanitizer=${FUZZ_SANITIZER:-address}
-all=(config routing admin)
+all=(config routing admin http1)
 if [ $# -gt 0 ]; then targets=("$@"); else targets=("${all[@]}"); fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

@@ -675,6 +675,74 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
     }))
 }
 
+/// Reads requests from `data` as a connection would (heads, then their bodies), in pieces as long
+/// as its first byte says (0: all at once); exists for the `http1` fuzz target, and panics if an
+/// invariant breaks.
+#[doc(hidden)]
+pub fn fuzz_request(data: &[u8]) {
+    const LIMIT: usize = 8 << 10;
+    let Some((&piece, mut rest)) = data.split_first() else {
+        return;
+    };
+    let piece = if piece == 0 { usize::MAX } else { usize::from(piece) };
+    // Moves the next piece of the input into `buf`; how many bytes (0: the input is all read).
+    let mut feed = |buf: &mut BytesMut| {
+        let n = piece.min(rest.len());
+        buf.extend_from_slice(&rest[..n]);
+        rest = &rest[n..];
+        n
+    };
+    let mut buf = BytesMut::new();
+    loop {
+        let before = buf.len();
+        let head = match parse_head(&mut buf, LIMIT) {
+            Ok(Some(head)) => head,
+            Ok(None) => {
+                assert_eq!(buf.len(), before, "an incomplete head consumed input");
+                if feed(&mut buf) == 0 {
+                    return;
+                }
+                continue;
+            }
+            Err((status, _)) => {
+                assert!(matches!(status.as_u16(), 400 | 431 | 505), "refused with {status}");
+                return;
+            }
+        };
+        let consumed = before - buf.len();
+        assert!(consumed > 0 && consumed <= LIMIT, "a head of {consumed} bytes");
+        if let Some(mut framing) = head.body {
+            let declared = framing.exact();
+            let (mut taken, mut extensions) = (0u64, 0);
+            loop {
+                let len = buf.len();
+                match framing.step_counting(&mut buf, &mut extensions) {
+                    Step::Data(data) => {
+                        assert!(!data.is_empty() && data.len() <= len - buf.len(), "more data than read");
+                        taken += data.len() as u64;
+                        assert!(declared.is_none_or(|n| taken <= n), "{taken} bytes of {declared:?}");
+                    }
+                    Step::End(trailers) => {
+                        assert!(declared.is_none_or(|n| taken == n), "{taken} bytes of {declared:?}");
+                        if let Some(trailers) = trailers {
+                            let _ = framing::parse_trailers(&trailers);
+                        }
+                        break;
+                    }
+                    Step::More if feed(&mut buf) > 0 => {}
+                    Step::More | Step::Invalid => return,
+                }
+                if extensions > MAX_CHUNK_EXTENSIONS {
+                    return;
+                }
+            }
+        }
+        if !head.keep_alive || head.upgrade {
+            return;
+        }
+    }
+}
+
 /// The comma-separated tokens of a field value, trimmed.
 fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
     value
