@@ -205,3 +205,47 @@ async fn websocket_upgrade_echoes_both_ways() {
     }
     proxy.shutdown().await;
 }
+
+/// `X-Forwarded-*` are added once per hop on every way a request goes out: to an HTTP/1.1 and
+/// an HTTP/2 upstream, and after a failed connect sent the request to another endpoint (the
+/// version's first endpoint is dead: a request P2C sends there goes out a second time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_fields_are_added_once_on_every_path() {
+    for protocol in ["http1", "http2"] {
+        let received: Arc<Mutex<Vec<HeaderMap>>> = Arc::default();
+        let store = Arc::clone(&received);
+        let up = Upstream::start(move |request| {
+            store.lock().expect("lock").push(request.headers().clone());
+            async move { Response::new(full("ok")) }
+        })
+        .await;
+        let dead = dead_addr().await;
+        let services = service("f", "{}", &[("v", &[dead, up.addr], 1)]).replace(
+            &format!("{{ endpoints: [{dead}, {}] }}", up.addr),
+            &format!("{{ endpoints: [{dead}, {}], protocol: {protocol} }}", up.addr),
+        );
+        let proxy = proxy(&services).await;
+        for _ in 0..12 {
+            let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+            let request = "GET /f HTTP/1.1\r\nHost: shop.test\r\nX-Forwarded-For: 203.0.113.9\r\n\
+                X-Forwarded-Proto: https\r\nConnection: close\r\n\r\n";
+            stream.write_all(request.as_bytes()).await.expect("write");
+            let head = read_head(&mut stream).await;
+            assert!(head.starts_with("HTTP/1.1 200"), "{protocol}: {head}");
+        }
+        let seen = received.lock().expect("lock").clone();
+        assert_eq!(
+            seen.len(),
+            12,
+            "{protocol}: every request reached the live endpoint once"
+        );
+        for headers in &seen {
+            let xff: Vec<_> = headers.get_all("x-forwarded-for").iter().collect();
+            assert_eq!(xff, ["203.0.113.9, 127.0.0.1"], "{protocol}: {headers:?}");
+            assert_eq!(headers.get_all("x-forwarded-proto").iter().count(), 1, "{protocol}");
+            assert_eq!(headers["x-forwarded-proto"], "http", "{protocol}");
+            assert_eq!(headers["x-forwarded-host"], "shop.test", "{protocol}");
+        }
+        proxy.shutdown().await;
+    }
+}
