@@ -19,7 +19,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::config::{Limits, MAX_MAX_REQUEST_HEADERS, MIN_MAX_REQUEST_HEADERS};
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
-use crate::server::{self, Checked, ClientBody};
+use crate::server::{self, ClientBody};
 use crate::tls::Terminator;
 
 /// Interval of HTTP/2 pings to client connections.
@@ -243,13 +243,7 @@ fn hyper_service(
     service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
-        async move {
-            Ok::<_, Infallible>(
-                proxy
-                    .handle(request.map(ClientBody::Hyper), &client, Checked::NOTHING)
-                    .await,
-            )
-        }
+        async move { Ok::<_, Infallible>(proxy.handle(request.map(ClientBody::Hyper), &client, None).await) }
     })
 }
 

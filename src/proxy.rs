@@ -22,7 +22,7 @@ use crate::forward::{self, ClientInfo, Forwarded};
 use crate::metrics;
 use crate::mirror::{self, PrimaryReport};
 use crate::router;
-use crate::server::{self, Checked, ClientBody, ClientUpgrade};
+use crate::server::{self, Checked, ClientBody, ClientUpgrade, FieldScan};
 use crate::split;
 use crate::table::{Routing, RoutingTable, Service, Version};
 use crate::upstream::{self, Endpoint, RequestBody, Tee};
@@ -53,12 +53,12 @@ impl Proxy {
     /// proxy's own answers, when the response body ends for upstream answers, and as `error` if
     /// the client goes away first (hyper then drops this future, and with it the [`Outcome`]).
     /// Past `max_in_flight`, a request is answered `503` before it is even routed.
-    /// `checked`: what the server codec already checked in the head.
+    /// `checked`: the server's verdict on the head's fields (`None`: the handler scans them).
     pub async fn handle(
         &self,
         request: Request<ClientBody>,
         client: &ClientInfo,
-        checked: Checked,
+        checked: Option<Checked>,
     ) -> Response<ResponseBody> {
         let method = request.method().clone();
         let http1 = request.version() < http::Version::HTTP_2;
@@ -103,12 +103,15 @@ impl Proxy {
         table: Arc<RoutingTable>,
         mut request: Request<ClientBody>,
         client: &ClientInfo,
-        checked: Checked,
+        checked: Option<Checked>,
         outcome: &mut Outcome,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        if !checked.head {
-            check_head(&request)?;
-        }
+        let checked = match checked {
+            Some(checked) => checked,
+            None => FieldScan::of(request.headers())
+                .check(request.version())
+                .map_err(ProxyError::BadRequest)?,
+        };
         let host = request_host(&request);
         let host_str = host.as_ref().and_then(|h| h.to_str().ok());
         let service = router::route(&table, host_str, request.uri().path()).ok_or(ProxyError::NoService)?;
@@ -126,13 +129,13 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| server::on_upgrade(&mut request));
 
         let (mut parts, body) = request.into_parts();
-        if checked.hop_by_hop || upgrade {
+        // An upgrade has a `Connection` field, so it is among these.
+        if checked.hop_by_hop {
             forward::remove_hop_by_hop(&mut parts.headers, upgrade);
         }
         // Only sluice marks copies: a client must not make the primary think it is a shadow,
         // nor turn flags on: the upstream sees only sluice's decision (shadows get it too).
-        // One pass over the names finds them, rather than two hashed removals every time.
-        if checked.sluice_fields && parts.headers.keys().any(server::is_sluice_field) {
+        if checked.sluice_fields {
             parts.headers.remove(&mirror::X_SLUICE_SHADOW);
             parts.headers.remove(&flags::X_SLUICE_FLAGS);
         }
@@ -266,33 +269,6 @@ fn request_host(request: &Request<ClientBody>) -> Option<HeaderValue> {
     match request.uri().authority() {
         Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
         None => request.headers().get(header::HOST).cloned(),
-    }
-}
-
-/// Refuses what hyper lets through but RFC 9112 does not: an HTTP/1.1 request without exactly
-/// one `Host` (§3.2; routing by one and forwarding two would let the upstream pick the other),
-/// and a `Transfer-Encoding` other than a single `chunked` (hyper decodes the chunks of
-/// `gzip, chunked` or `chunked, chunked` and would forward the rest under no coding at all).
-fn check_head(request: &Request<ClientBody>) -> Result<(), ProxyError> {
-    let headers = request.headers();
-    if request.version() == http::Version::HTTP_11 {
-        let mut hosts = headers.get_all(header::HOST).iter();
-        match (hosts.next(), hosts.next()) {
-            (Some(_), None) => {}
-            (None, _) => return Err(ProxyError::BadRequest("no host header")),
-            (Some(_), Some(_)) => return Err(ProxyError::BadRequest("more than one host header")),
-        }
-    }
-    let mut codings = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|coding| !coding.is_empty());
-    match (codings.next(), codings.next()) {
-        (None, _) => Ok(()),
-        (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => Ok(()),
-        _ => Err(ProxyError::BadRequest("unsupported transfer-encoding")),
     }
 }
 

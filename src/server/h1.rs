@@ -4,12 +4,13 @@
 //! ([`crate::upstream`]'s `h1`), and shares its body framing ([`crate::upstream::framing`]).
 //!
 //! - **Heads** are parsed with `httparse` (at most 100 fields, and at most the configured head
-//!   size: past either, `431`); a malformed head gets `400`, and both close the connection
-//!   without reading anything after it. Header values share the bytes that were read.
-//! - **Framing** follows RFC 9112 §6: `Transfer-Encoding` must end in `chunked` (and is refused
-//!   in HTTP/1.0); beside a `Content-Length`, the coding wins, the length is dropped, and the
-//!   connection closes after the answer. Several `Content-Length` fields must agree, and each is
-//!   digits only.
+//!   size: past either, `431`); a malformed head, or one that fails the proxy's rules
+//!   ([`FieldScan`]: one `Host`, `Transfer-Encoding` exactly `chunked`), gets `400`, another
+//!   HTTP version `505`, and each closes the connection without reading anything after it.
+//!   Header values share the bytes that were read.
+//! - **Framing** follows RFC 9112 §6: `Transfer-Encoding` is refused in HTTP/1.0; beside a
+//!   `Content-Length`, the coding wins, the length is dropped, and the connection closes after
+//!   the answer. Several `Content-Length` fields must agree, and each is digits only.
 //! - **Bodies** are read from the connection by [`RequestBody`], which holds the read half until
 //!   the body's last byte and then hands it back. An answer sent before the body was read to its
 //!   end closes the connection, so nothing left of that body is ever read as a request.
@@ -48,7 +49,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{oneshot, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::{put_date, BoxError, Checked, ClientBody};
+use super::{put_date, tokens, BoxError, Checked, ClientBody, FieldScan};
 use crate::body::ResponseBody;
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
@@ -457,7 +458,7 @@ pub async fn serve(
                     extensions: 0,
                     interim: interim.clone(),
                 };
-                (ClientBody::H1(Box::new(body)), interim)
+                (ClientBody::H1(body), interim)
             }
         };
         let upgrade = upgrade.then(|| {
@@ -469,7 +470,7 @@ pub async fn serve(
         });
 
         let response = {
-            let mut handling = pin!(proxy.handle(Request::from_parts(parts, body), &client, checked));
+            let mut handling = pin!(proxy.handle(Request::from_parts(parts, body), &client, Some(checked)));
             poll_fn(|cx| {
                 if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(response));
@@ -581,10 +582,10 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
 
     // Room for what the proxy adds, so the map does not grow on the way.
     let mut headers = HeaderMap::with_capacity(fields + ADDED_FIELDS);
-    let (mut length, mut coded, mut chunked) = (None::<u64>, false, false);
+    let mut scan = FieldScan::default();
+    let mut length = None::<u64>;
     let (mut close, mut keep_alive, mut upgrade_token, mut upgrade_field) = (false, false, false, false);
     let (mut expect_continue, mut trailers) = (false, false);
-    let (mut hosts, mut codings, mut hop_by_hop, mut sluice_fields) = (0, 0, false, false);
     let spans = if many.is_empty() { &few[..] } else { &many[..] };
     for &(name_start, name_end, value_start, value_end) in &spans[..fields] {
         let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
@@ -598,12 +599,6 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
                 return Err((StatusCode::BAD_REQUEST, "conflicting content-length"));
             }
             length = Some(n);
-        } else if name == header::HOST {
-            hosts += 1;
-        } else if name == header::TRANSFER_ENCODING {
-            coded = true;
-            codings += tokens(bytes).count();
-            chunked = last_token(bytes).eq_ignore_ascii_case(b"chunked");
         } else if name == header::CONNECTION {
             for token in tokens(bytes) {
                 close |= token.eq_ignore_ascii_case(b"close");
@@ -617,27 +612,15 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
         } else if name == header::UPGRADE {
             upgrade_field = true;
         }
-        hop_by_hop |= crate::forward::is_hop_by_hop(&name);
-        sluice_fields |= super::is_sluice_field(&name);
+        scan.field(&name, bytes);
         headers.append(name, value);
     }
 
-    // RFC 9112 §3.2: routing by one Host and forwarding two would let the upstream pick the other.
-    match hosts {
-        _ if http10 => {}
-        0 => return Err((StatusCode::BAD_REQUEST, "no host header")),
-        1 => {}
-        _ => return Err((StatusCode::BAD_REQUEST, "more than one host header")),
-    }
-    let body = if coded {
+    let version = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    let checked = scan.check(version).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+    let body = if scan.coded() {
         if http10 {
             return Err((StatusCode::BAD_REQUEST, "transfer-encoding in an HTTP/1.0 request"));
-        }
-        // hyper's server refuses a last coding other than `chunked`; sluice also refuses any
-        // other coding before it (`gzip, chunked`, `chunked, chunked`), which it would forward
-        // under no coding at all.
-        if !chunked || codings != 1 {
-            return Err((StatusCode::BAD_REQUEST, "unsupported transfer-encoding"));
         }
         if length.is_some() {
             // Both: the coding frames the body, the length goes, and nothing after this
@@ -652,7 +635,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
     let mut parts = Request::new(()).into_parts().0;
     parts.method = method;
     parts.uri = uri;
-    parts.version = if http10 { Version::HTTP_10 } else { Version::HTTP_11 };
+    parts.version = version;
     parts.headers = headers;
     let upgrade = upgrade_field && upgrade_token && !http10 && crate::forward::is_upgrade(&parts.headers);
     let answer = Answering {
@@ -662,11 +645,7 @@ fn parse_head(buf: &mut BytesMut, limit: usize) -> Result<Option<Head>, Refusal>
     };
     Ok(Some(Head {
         parts,
-        checked: Checked {
-            head: true,
-            hop_by_hop,
-            sluice_fields,
-        },
+        checked,
         body,
         keep_alive: if http10 { keep_alive && !close } else { !close },
         expect_continue: expect_continue && !http10,
@@ -741,18 +720,6 @@ pub fn fuzz_request(data: &[u8]) {
             return;
         }
     }
-}
-
-/// The comma-separated tokens of a field value, trimmed.
-fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-}
-
-fn last_token(value: &[u8]) -> &[u8] {
-    value.rsplit(|&b| b == b',').next().unwrap_or_default().trim_ascii()
 }
 
 /// How an answer's body is framed on the wire.

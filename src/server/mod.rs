@@ -8,36 +8,96 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::Request;
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Request, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// What the server codec already found out about a request head, so the handler need not look
-/// through the fields again.
+/// What a request head's fields say, found in one pass over them by whichever server read the
+/// head: whether it passes the rules the proxy enforces on every path (RFC 9112 §3.2: exactly
+/// one `Host` in HTTP/1.1, since routing by one and forwarding two would let the upstream pick
+/// the other; `Transfer-Encoding` exactly `chunked`, since any other coding would be forwarded
+/// under no coding at all), and whether it has fields to strip.
+#[derive(Debug, Default)]
+pub struct FieldScan {
+    hosts: usize,
+    /// A `Transfer-Encoding` field is there.
+    coded: bool,
+    /// Transfer codings named, over every `Transfer-Encoding` field.
+    codings: usize,
+    /// The last coding named is `chunked`.
+    chunked: bool,
+    hop_by_hop: bool,
+    sluice_fields: bool,
+}
+
+impl FieldScan {
+    /// Notes one field.
+    pub fn field(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::HOST {
+            self.hosts += 1;
+        } else if *name == header::TRANSFER_ENCODING {
+            self.coded = true;
+            for coding in tokens(value) {
+                self.codings += 1;
+                self.chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
+        }
+        self.hop_by_hop |= crate::forward::is_hop_by_hop(name);
+        self.sluice_fields |= name.as_str().starts_with("x-sluice-");
+    }
+
+    /// Scans every field of `headers`.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut scan = Self::default();
+        for (name, value) in headers {
+            scan.field(name, value.as_bytes());
+        }
+        scan
+    }
+
+    /// Whether there is a `Transfer-Encoding` (which, once checked, is `chunked`).
+    pub fn coded(&self) -> bool {
+        self.coded
+    }
+
+    /// The scan's verdict for a head of `version`; `Err`: why it is refused (`400`).
+    pub fn check(&self, version: Version) -> Result<Checked, &'static str> {
+        if version == Version::HTTP_11 {
+            match self.hosts {
+                0 => return Err("no host header"),
+                1 => {}
+                _ => return Err("more than one host header"),
+            }
+        }
+        // An empty field names no coding, which is no more valid than two.
+        if self.coded && !(self.codings == 1 && self.chunked) {
+            return Err("unsupported transfer-encoding");
+        }
+        Ok(Checked {
+            hop_by_hop: self.hop_by_hop,
+            sluice_fields: self.sluice_fields,
+        })
+    }
+}
+
+/// A head that passed [`FieldScan::check`], and what it has to strip.
 #[derive(Debug, Clone, Copy)]
 pub struct Checked {
-    /// The head passed the `Host` and `Transfer-Encoding` rules the handler enforces.
-    pub head: bool,
-    /// The head has hop-by-hop fields.
+    /// It has hop-by-hop fields.
     pub hop_by_hop: bool,
-    /// The head has `x-sluice-*` fields.
+    /// It has `x-sluice-*` fields (only sluice may set them).
     pub sluice_fields: bool,
 }
 
-impl Checked {
-    /// Nothing known (hyper's server): the handler checks everything.
-    pub const NOTHING: Self = Self {
-        head: false,
-        hop_by_hop: true,
-        sluice_fields: true,
-    };
-}
-
-/// True for the `x-sluice-*` names only sluice may set.
-pub fn is_sluice_field(name: &http::HeaderName) -> bool {
-    name.as_str().starts_with("x-sluice-")
+/// The comma-separated tokens of a field value, trimmed.
+pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// A client's request body.
@@ -46,7 +106,7 @@ pub enum ClientBody {
     /// Read by hyper (HTTP/2, HTTP/1.1 over TLS).
     Hyper(Incoming),
     /// Read by [`h1`] straight from the connection.
-    H1(Box<h1::RequestBody>),
+    H1(h1::RequestBody),
     /// No body at all.
     Empty,
 }
@@ -58,7 +118,7 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
-            ClientBody::H1(body) => Pin::new(&mut **body).poll_frame(cx),
+            ClientBody::H1(body) => Pin::new(body).poll_frame(cx),
             ClientBody::Empty => Poll::Ready(None),
         }
     }

@@ -65,10 +65,7 @@ async fn grpc_trailers_pass_end_to_end_over_http2() {
             .expect("response")
     })
     .await;
-    let upstream = service("grpc", "{}", &[("v", &[up.addr], 1)]).replace(
-        &format!("{{ endpoints: [{}] }}", up.addr),
-        &format!("{{ endpoints: [{}], protocol: http2 }}", up.addr),
-    );
+    let upstream = speaking(&service("grpc", "{}", &[("v", &[up.addr], 1)]), "http2");
     let proxy = proxy(&upstream).await;
 
     let (tx, body) = channel_body(4);

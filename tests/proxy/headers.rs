@@ -220,10 +220,7 @@ async fn forwarded_fields_are_added_once_on_every_path() {
         })
         .await;
         let dead = dead_addr().await;
-        let services = service("f", "{}", &[("v", &[dead, up.addr], 1)]).replace(
-            &format!("{{ endpoints: [{dead}, {}] }}", up.addr),
-            &format!("{{ endpoints: [{dead}, {}], protocol: {protocol} }}", up.addr),
-        );
+        let services = speaking(&service("f", "{}", &[("v", &[dead, up.addr], 1)]), protocol);
         let proxy = proxy(&services).await;
         for _ in 0..12 {
             let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");

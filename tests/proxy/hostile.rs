@@ -171,7 +171,7 @@ async fn malformed_heads_get_400_and_close_and_smuggle_nothing() {
     let (up, log) = logging_upstream().await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
     let post = "POST / HTTP/1.1\r\nHost: s\r\n";
-    let cases: [(&str, String); 21] = [
+    let cases: [(&str, String); 22] = [
         // Refused by hyper.
         (
             "two different Content-Length",
@@ -245,6 +245,10 @@ async fn malformed_heads_get_400_and_close_and_smuggle_nothing() {
         (
             "a coding before chunked",
             format!("{post}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "an empty Transfer-Encoding beside a length",
+            format!("{post}Transfer-Encoding: \r\nContent-Length: 5\r\n\r\nhello"),
         ),
         ("no Host in HTTP/1.1", "GET / HTTP/1.1\r\n\r\n".into()),
         ("two Host lines", "GET / HTTP/1.1\r\nHost: s\r\nHost: t\r\n\r\n".into()),

@@ -57,10 +57,7 @@ async fn http1_upstream_connections_are_kept_alive_and_reused() {
 async fn http2_upstream_multiplexes_one_connection() {
     let up =
         Upstream::start(|request| async move { http::Response::new(full(format!("{:?}", request.version()))) }).await;
-    let services = service("h2", "{}", &[("v", &[up.addr], 1)]).replace(
-        &format!("{{ endpoints: [{}] }}", up.addr),
-        &format!("{{ endpoints: [{}], protocol: http2 }}", up.addr),
-    );
+    let services = speaking(&service("h2", "{}", &[("v", &[up.addr], 1)]), "http2");
     let proxy = proxy(&services).await;
     let client = http1_client();
     // Warm the connection, then send concurrently: all on the one HTTP/2 connection.

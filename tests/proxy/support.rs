@@ -274,6 +274,12 @@ pub fn service(name: &str, matcher: &str, versions: &[(&str, &[SocketAddr], u32)
     out
 }
 
+/// `services` (from [`service`]) with every version's endpoints spoken to in `protocol`
+/// (`http1`, `http2`).
+pub fn speaking(services: &str, protocol: &str) -> String {
+    services.replace("] }\n", &format!("], protocol: {protocol} }}\n"))
+}
+
 pub fn http1_client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new()).build_http()
 }

@@ -891,3 +891,43 @@ async fn https_webhooks_are_verified_against_their_ca() {
     let steps = &config.services[0].rollout.as_ref().expect("rollout").steps;
     assert!(matches!(&steps[0], sluice::config::Step::Webhook { ca_certs, .. } if *ca_certs == vec![ca.der()]));
 }
+
+/// HTTP/1.1 over TLS is read by hyper, so the proxy's own head rules (one `Host`, a single
+/// `chunked` coding) are applied by the handler: the same `400` as on a plain port, and the
+/// upstream hears nothing.
+#[tokio::test]
+async fn heads_hyper_lets_through_are_refused_over_tls_too() {
+    let Site {
+        ca, upstream, proxy, ..
+    } = site("tls-heads", "").await;
+    let post = "POST / HTTP/1.1\r\nHost: site.test\r\n";
+    let cases = [
+        (
+            "two Host lines",
+            "GET / HTTP/1.1\r\nHost: site.test\r\nHost: other.test\r\n\r\n".to_owned(),
+        ),
+        ("no Host", "GET / HTTP/1.1\r\n\r\n".to_owned()),
+        (
+            "a coding before chunked",
+            format!("{post}Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunked twice",
+            format!("{post}Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n"),
+        ),
+    ];
+    for (case, raw) in &cases {
+        let mut stream = connect(proxy.addr, &client_config(&ca.der(), &[b"http/1.1"], BOTH), "site.test").await;
+        stream.write_all(raw.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let _ = within(case, stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400 "), "{case}: {answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{case}: {answer}"
+        );
+    }
+    assert_eq!(upstream.hits(), 0, "a refused head never reaches the upstream");
+    proxy.shutdown().await;
+}
