@@ -458,7 +458,7 @@ pub async fn serve(
                     extensions: 0,
                     interim: interim.clone(),
                 };
-                (ClientBody::H1(body), interim)
+                (ClientBody::H1(Box::new(body)), interim)
             }
         };
         let upgrade = upgrade.then(|| {

@@ -106,7 +106,8 @@ pub enum ClientBody {
     /// Read by hyper (HTTP/2, HTTP/1.1 over TLS).
     Hyper(Incoming),
     /// Read by [`h1`] straight from the connection.
-    H1(h1::RequestBody),
+    /// Boxed: every request moves a `ClientBody`, and most have none.
+    H1(Box<h1::RequestBody>),
     /// No body at all.
     Empty,
 }
@@ -118,7 +119,7 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
-            ClientBody::H1(body) => Pin::new(body).poll_frame(cx),
+            ClientBody::H1(body) => Pin::new(&mut **body).poll_frame(cx),
             ClientBody::Empty => Poll::Ready(None),
         }
     }
