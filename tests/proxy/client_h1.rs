@@ -860,3 +860,72 @@ async fn shutdown_closes_a_connection_idle_after_a_stray_crlf() {
     );
     stopping.await.expect("shutdown");
 }
+
+// Pins: a request line naming another HTTP version gets `505` and a close; nothing reaches the upstream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_http_version_gets_505() {
+    let (up, log) = logging_upstream().await;
+    let proxy = proxy(&one_service(up.addr)).await;
+    for line in ["GET / HTTP/1.2", "GET / HTTP/2.0", "GET / HTTP/3"] {
+        let mut client = RawClient::connect(proxy.addr).await;
+        client.send(format!("{line}\r\nHost: s\r\n\r\n")).await;
+        let answer = client.answer(false).await;
+        assert_eq!(answer.status, 505, "{line}: {answer:?}");
+        assert_eq!(answer.header("connection"), Some("close"), "{line}");
+        client.expect_closed().await;
+    }
+    assert!(log.lock().expect("log").is_empty(), "{:?}", log.lock().expect("log"));
+    proxy.shutdown().await;
+}
+
+// Pins: an upstream's trailers reach a client that sent `TE: trailers`, and only such a client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_trailers_go_to_clients_that_accept_them() {
+    let (upstream, _) = raw_upstream(|_, mut stream| async move {
+        let mut buf = Vec::new();
+        while read_request_head(&mut stream, &mut buf).await.is_some() {
+            let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: x-digest\r\n\r\n\
+                4\r\ndata\r\n0\r\nx-digest: abc\r\n\r\n";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(&one_service(upstream)).await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    for (te, want) in [
+        ("TE: trailers\r\n", vec![("x-digest".to_owned(), "abc".to_owned())]),
+        ("", vec![]),
+    ] {
+        client.send(format!("GET / HTTP/1.1\r\nHost: s\r\n{te}\r\n")).await;
+        let answer = client.answer(false).await;
+        assert_eq!(
+            (answer.status, answer.framing),
+            (200, Framing::Chunked),
+            "{te:?}: {answer:?}"
+        );
+        assert_eq!(answer.body(), "data", "{te:?}");
+        assert_eq!(answer.trailers, want, "{te:?}");
+    }
+    proxy.shutdown().await;
+}
+
+// Pins: the head timeout counts again from each answer: a connection that sends nothing after an
+// answer is closed (the per-connection timer, armed for the first head, is moved, not lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_after_an_answer_is_closed_by_the_head_timeout() {
+    let (up, _) = logging_upstream().await;
+    let proxy = proxy_with(
+        &one_service(up.addr),
+        "defaults: { timeouts: { request_headers: 300ms } }",
+    )
+    .await;
+    let mut client = RawClient::connect(proxy.addr).await;
+    for path in ["/a", "/b"] {
+        client.send(format!("GET {path} HTTP/1.1\r\nHost: s\r\n\r\n")).await;
+        assert_eq!(client.answer(false).await.body(), format!("answer for {path}"));
+    }
+    within("the idle connection is closed", client.expect_closed()).await;
+    proxy.shutdown().await;
+}
