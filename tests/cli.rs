@@ -394,6 +394,10 @@ fn sigterm_lets_an_in_flight_request_finish_then_exits_zero() {
         "in-flight request must complete: {answer:?}"
     );
     assert!(answer.ends_with("finished"), "{answer:?}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "the last answer before shutdown says so: {answer:?}"
+    );
 
     let start = Instant::now();
     let exit = loop {
