@@ -243,7 +243,12 @@ fn hyper_service(
     service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
-        async move { Ok::<_, Infallible>(proxy.handle(request.map(ClientBody::Hyper), &client, None).await) }
+        async move {
+            // Boxed: hyper spawns a task per HTTP/2 stream and tokio moves a task's future
+            // several times; a pointer moves cheaper than the whole request's state.
+            let handling = Box::pin(proxy.handle(request.map(ClientBody::Hyper), &client, None));
+            Ok::<_, Infallible>(handling.await)
+        }
     })
 }
 

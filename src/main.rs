@@ -13,6 +13,9 @@ use sluice::admin::Admin;
 use sluice::config;
 use sluice::control::Control;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The configuration file used when `-c` is not given.
 const DEFAULT_CONFIG: &str = "config/sluice.yaml";
 

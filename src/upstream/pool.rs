@@ -426,7 +426,9 @@ impl Endpoint {
                 Err(failure) => return Err(SendFailure::h1(failure)),
             }
         }
-        let io = match tokio::time::timeout_at(deadline, endpoint.open(limits.connect)).await {
+        // Boxed: connecting is rare once the pool is warm, and its state would otherwise make
+        // every request's future (moved and, for HTTP/2 clients, allocated per request) larger.
+        let io = match tokio::time::timeout_at(deadline, Box::pin(endpoint.open(limits.connect))).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => return Err(SendFailure::connect(e, request)),
             Err(_) => return Err(SendFailure::timeout()),
@@ -478,6 +480,12 @@ impl Endpoint {
                 return Ok(sender.clone());
             }
         }
+        // Boxed: the handshakes' state would otherwise make every request's future larger.
+        Box::pin(self.connect_h2(limits)).await
+    }
+
+    /// Opens the shared HTTP/2 connection.
+    async fn connect_h2(&self, limits: &Limits) -> Result<http2::SendRequest<RequestBody>, BoxError> {
         // One deadline for the connect, TLS and HTTP/2 handshakes together, as `connect` promises.
         let connect = async {
             let io = self.open(limits.connect).await?;
