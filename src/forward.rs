@@ -81,6 +81,28 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == PROXY_CONNECTION
 }
 
+/// Removes from a request's trailer section what never reaches an upstream in its head: hop-by-hop
+/// fields, sluice's own `x-sluice-shadow` and `x-sluice-flags`, and fields a trailer must not
+/// carry because they frame or route the message (`Content-Length`, `Host`, `Trailer`; RFC 9110
+/// §6.5.1). Trailers are rare: nothing is allocated unless one of these is there.
+pub fn clean_request_trailers(trailers: &mut HeaderMap) {
+    let unwanted = |name: &HeaderName| {
+        is_hop_by_hop(name)
+            || *name == header::CONTENT_LENGTH
+            || *name == header::HOST
+            || *name == header::TRAILER
+            || *name == crate::mirror::X_SLUICE_SHADOW
+            || *name == crate::flags::X_SLUICE_FLAGS
+    };
+    if !trailers.keys().any(unwanted) {
+        return;
+    }
+    let names: Vec<HeaderName> = trailers.keys().filter(|name| unwanted(name)).cloned().collect();
+    for name in names {
+        trailers.remove(name);
+    }
+}
+
 /// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
 ///
 /// Runs twice per request (request and response), so it first finds which hop-by-hop headers

@@ -143,8 +143,10 @@ impl Body for RequestBody {
             BodyKind::Client { inner, remaining, tee } => (inner, remaining, tee),
         };
         match Pin::new(&mut *inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    crate::forward::clean_request_trailers(trailers);
+                } else if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > *remaining {
                         *remaining = 0;
