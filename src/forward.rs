@@ -81,18 +81,24 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
         || *name == PROXY_CONNECTION
 }
 
-/// Removes from a request's trailer section what never reaches an upstream in its head: hop-by-hop
-/// fields, sluice's own `x-sluice-shadow` and `x-sluice-flags`, and fields a trailer must not
-/// carry because they frame or route the message (`Content-Length`, `Host`, `Trailer`; RFC 9110
-/// §6.5.1). Trailers are rare: nothing is allocated unless one of these is there.
-pub fn clean_request_trailers(trailers: &mut HeaderMap) {
+/// Removes from a request's trailer section what never reaches an upstream in its head:
+/// hop-by-hop fields (`connection_named`: those the head's `Connection` listed), the
+/// `X-Forwarded-*` fields sluice sets, sluice's own `x-sluice-shadow` and `x-sluice-flags`, and
+/// fields a trailer must not carry because they frame or route the message (`Content-Length`,
+/// `Host`, `Trailer`; RFC 9110 §6.5.1). Trailers are rare: nothing is allocated unless one of
+/// these is there.
+pub fn clean_request_trailers(trailers: &mut HeaderMap, connection_named: &[HeaderName]) {
     let unwanted = |name: &HeaderName| {
         is_hop_by_hop(name)
             || *name == header::CONTENT_LENGTH
             || *name == header::HOST
             || *name == header::TRAILER
+            || *name == X_FORWARDED_FOR
+            || *name == X_FORWARDED_PROTO
+            || *name == X_FORWARDED_HOST
             || *name == crate::mirror::X_SLUICE_SHADOW
             || *name == crate::flags::X_SLUICE_FLAGS
+            || connection_named.contains(name)
     };
     if !trailers.keys().any(unwanted) {
         return;
@@ -101,6 +107,22 @@ pub fn clean_request_trailers(trailers: &mut HeaderMap) {
     for name in names {
         trailers.remove(name);
     }
+}
+
+/// The fields `Connection` names, hop-by-hop for this message (RFC 9110 §7.6.1): empty in the
+/// common case of a lone `keep-alive` or `close`, which allocates nothing.
+pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    if connection_is_keep_alive_or_close(headers) {
+        return Vec::new();
+    }
+    // Rare: `Connection` naming other headers. Collecting here is fine.
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
 }
 
 /// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
@@ -122,16 +144,8 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             others = true;
         }
     }
-    if connection && !connection_is_keep_alive_or_close(headers) {
-        // Rare: `Connection` naming other headers. Collecting here is fine.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-            .collect();
-        for name in named {
+    if connection {
+        for name in connection_named(headers) {
             if name == header::TE || (upgrade && name == header::UPGRADE) {
                 continue;
             }

@@ -129,6 +129,12 @@ impl Proxy {
         let client_upgrade = upgrade.then(|| server::on_upgrade(&mut request));
 
         let (mut parts, body) = request.into_parts();
+        // Hop-by-hop for this request, so to be removed from its trailers too (if it has a body).
+        let connection_named = if checked.hop_by_hop && !http_body::Body::is_end_stream(&body) {
+            forward::connection_named(&parts.headers)
+        } else {
+            Vec::new()
+        };
         // An upgrade has a `Connection` field, so it is among these.
         if checked.hop_by_hop {
             forward::remove_hop_by_hop(&mut parts.headers, upgrade);
@@ -160,7 +166,7 @@ impl Proxy {
                 outcome,
             )
         };
-        let outgoing = Request::from_parts(parts, RequestBody::teed(body, limit, tee));
+        let outgoing = Request::from_parts(parts, RequestBody::teed(body, limit, tee, connection_named));
 
         let (mut response, lease, endpoint) = send_with_retry(
             &table,

@@ -14,6 +14,7 @@ use std::time::Instant;
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
+use http::header::HeaderName;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -44,9 +45,18 @@ enum BodyKind {
         inner: ClientBody,
         remaining: u64,
         /// Boxed: rarely there, and the body moves with its request.
-        tee: Option<Box<Tee>>,
+        extra: Option<Box<Extra>>,
     },
     Buffered(Option<Bytes>),
+}
+
+/// What few request bodies need.
+#[derive(Debug)]
+struct Extra {
+    tee: Option<Tee>,
+    /// The fields the head's `Connection` named: hop-by-hop for this request, and so removed
+    /// from its trailers too.
+    connection_named: Vec<HeaderName>,
 }
 
 /// A bounded copy of a request body taken while it streams to the primary. It hands over the
@@ -105,8 +115,9 @@ impl Tee {
 
 impl RequestBody {
     /// Wraps a client body that may carry at most `limit` bytes, keeping a bounded copy in
-    /// `tee`.
-    pub fn teed(inner: ClientBody, limit: u64, mut tee: Option<Tee>) -> Self {
+    /// `tee`. `connection_named`: the fields the head's `Connection` named, removed from the
+    /// trailers too.
+    pub fn teed(inner: ClientBody, limit: u64, mut tee: Option<Tee>, connection_named: Vec<HeaderName>) -> Self {
         if let Some(tee) = tee.as_mut() {
             tee.declared = inner.size_hint().exact();
         }
@@ -116,11 +127,12 @@ impl RequestBody {
                 tee.finish();
             }
         }
+        let extra = (tee.is_some() || !connection_named.is_empty()).then(|| Box::new(Extra { tee, connection_named }));
         Self {
             kind: BodyKind::Client {
                 inner,
                 remaining: limit,
-                tee: tee.map(Box::new),
+                extra,
             },
         }
     }
@@ -138,14 +150,23 @@ impl Body for RequestBody {
     type Error = BoxError;
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let (inner, remaining, tee) = match &mut self.kind {
+        let (inner, remaining, extra) = match &mut self.kind {
             BodyKind::Buffered(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            BodyKind::Client { inner, remaining, tee } => (inner, remaining, tee),
+            BodyKind::Client {
+                inner,
+                remaining,
+                extra,
+            } => (inner, remaining, extra),
         };
         match Pin::new(&mut *inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
                 if let Some(trailers) = frame.trailers_mut() {
-                    crate::forward::clean_request_trailers(trailers);
+                    let connection_named = extra.as_ref().map_or(&[][..], |e| &e.connection_named[..]);
+                    crate::forward::clean_request_trailers(trailers, connection_named);
+                    // Trailers end a body; the sender may not poll for the end after them.
+                    if let Some(tee) = extra.as_mut().and_then(|e| e.tee.as_mut()) {
+                        tee.finish();
+                    }
                 } else if let Some(data) = frame.data_ref() {
                     let len = data.len() as u64;
                     if len > *remaining {
@@ -153,7 +174,7 @@ impl Body for RequestBody {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *remaining -= len;
-                    if let Some(tee) = tee.as_mut() {
+                    if let Some(tee) = extra.as_mut().and_then(|e| e.tee.as_mut()) {
                         tee.data(data);
                         // With a known length hyper stops polling at the last byte and never
                         // sees the end: finish the copy as soon as the body says it is done.
@@ -166,7 +187,7 @@ impl Body for RequestBody {
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => {
-                if let Some(tee) = tee.as_mut() {
+                if let Some(tee) = extra.as_mut().and_then(|e| e.tee.as_mut()) {
                     tee.finish();
                 }
                 Poll::Ready(None)
