@@ -328,3 +328,112 @@ async fn http2_streams_past_max_in_flight_get_503() {
     assert_eq!(status, http::StatusCode::OK);
     proxy.shutdown().await;
 }
+
+/// `max_in_flight` follows a reload at the next arrival, while requests admitted under the old
+/// limit keep running: raised from 1 to 2 with one request held, a second is served at once
+/// (it was shed before); lowered back to 1 with two held, a new arrival is shed and both held
+/// requests still finish with their answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_max_in_flight_for_new_requests_while_others_are_held() {
+    // `/hold` waits until released (a watch, so a release is never missed); anything else is
+    // answered at once.
+    let (release, released) = tokio::sync::watch::channel(false);
+    let up = Upstream::start(move |request| {
+        let mut released = released.clone();
+        async move {
+            if request.uri().path() == "/hold" {
+                let _ = released.wait_for(|r| *r).await;
+                http::Response::new(full("released"))
+            } else {
+                http::Response::new(full("fast"))
+            }
+        }
+    })
+    .await;
+    let path = limited("reload-in-flight", up.addr, "{ max_in_flight: 1 }");
+    let proxy = controlled(&path, Options::default()).await;
+    const HOLD: &[u8] = b"GET /hold HTTP/1.1\r\nHost: s\r\n\r\n";
+
+    let mut first = TcpStream::connect(proxy.addr).await.expect("connect");
+    first.write_all(HOLD).await.expect("write");
+    wait_until("the first request is held at the upstream", || up.hits() == 1).await;
+    let mut other = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (head, body) = read_response_to(&mut other, GET).await;
+    assert!(head.starts_with("http/1.1 503 "), "{head}");
+    assert!(head.contains("\r\nretry-after: 1"), "{head}");
+    assert_eq!(body, "overloaded: retry shortly\n");
+    assert_eq!(up.hits(), 1, "the shed request never reached the upstream");
+
+    assert_eq!(limited("reload-in-flight", up.addr, "{ max_in_flight: 2 }"), path);
+    let (status, result) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, http::StatusCode::OK, "{result}");
+    assert_eq!(result["result"], "ok", "{result}");
+    assert!(
+        !result["warnings"].to_string().contains("max_in_flight"),
+        "max_in_flight needs no restart: {result}"
+    );
+    // The same kept-alive connection that was shed is served now, the first still held.
+    let (head, body) = read_response_to(&mut other, GET).await;
+    assert!(head.starts_with("http/1.1 200 "), "{head}");
+    assert_eq!(body, "fast");
+    assert_eq!(up.hits(), 2);
+
+    // Two held under a limit of 2; lowered to 1, the next arrival is shed and the two held
+    // requests are not disturbed. (The fast answer's slot is freed once the proxy has sent
+    // its body, which the client may see a moment before the proxy does.)
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while metric(&proxy, "sluice_requests_in_flight").await != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fast answer's slot was never freed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let mut second = TcpStream::connect(proxy.addr).await.expect("connect");
+    second.write_all(HOLD).await.expect("write");
+    wait_until("the second request is held at the upstream", || up.hits() == 3).await;
+    assert_eq!(metric(&proxy, "sluice_requests_in_flight").await, 2);
+    limited("reload-in-flight", up.addr, "{ max_in_flight: 1 }");
+    let (status, result) = proxy.api("POST", "/api/v1/reload", None).await;
+    assert_eq!(status, http::StatusCode::OK, "{result}");
+    assert_eq!(result["result"], "ok", "{result}");
+    let (head, _) = read_response_to(&mut other, GET).await;
+    assert!(head.starts_with("http/1.1 503 "), "lowered below the count: {head}");
+    assert_eq!(up.hits(), 3, "the shed request never reached the upstream");
+    assert_eq!(metric(&proxy, "sluice_requests_shed_total").await, 2);
+
+    release.send(true).expect("release");
+    for held in [&mut first, &mut second] {
+        let (head, body) = read_response(held).await.expect("the held answer");
+        assert!(head.starts_with("http/1.1 200 "), "{head}");
+        assert_eq!(body, "released");
+    }
+    // Both slots free again (the proxy may see the bodies end a moment after the client):
+    // the lowered limit of 1 admits one request at a time.
+    wait_until_served(&mut other).await;
+    assert_eq!(up.hits(), 4, "exactly the admitted requests reached the upstream");
+    proxy.shutdown().await;
+}
+
+/// Writes `request` on a kept-alive connection and reads the answer's head and body.
+async fn read_response_to(stream: &mut TcpStream, request: &[u8]) -> (String, String) {
+    stream.write_all(request).await.expect("write");
+    read_response(stream).await.expect("an answer")
+}
+
+/// Sends GETs on `stream` until one is answered `200` (the others must be shed `503`s).
+async fn wait_until_served(stream: &mut TcpStream) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let status = get_on(stream).await.expect("an answer");
+        if status == "http/1.1 200 ok" {
+            return;
+        }
+        assert_eq!(status, "http/1.1 503 service unavailable");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "requests were never admitted again"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}

@@ -931,3 +931,108 @@ async fn heads_hyper_lets_through_are_refused_over_tls_too() {
     assert_eq!(upstream.hits(), 0, "a refused head never reaches the upstream");
     proxy.shutdown().await;
 }
+
+/// The value of an unlabelled series in the proxy's `/metrics`.
+async fn tls_metric(proxy: &TlsProxy, name: &str) -> u64 {
+    let request = Request::get(format!("http://{}/metrics", proxy.admin))
+        .body(empty())
+        .expect("request");
+    let (status, _, body) = send(&http1_client(), request).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = String::from_utf8_lossy(&body);
+    text.lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+        .parse()
+        .expect("a number")
+}
+
+/// Connects, handshakes and sends one GET over HTTP/1.1 without failing the test: `None` when
+/// any of it fails (the proxy closed the connection).
+async fn try_get(addr: SocketAddr, config: &Arc<rustls::ClientConfig>) -> Option<StatusCode> {
+    let tcp = TcpStream::connect(addr).await.ok()?;
+    let name = ServerName::try_from("site.test").expect("server name");
+    let stream = within(
+        "handshake",
+        tokio_rustls::TlsConnector::from(Arc::clone(config)).connect(name, tcp),
+    )
+    .await
+    .ok()?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(connection);
+    let request = Request::get("/")
+        .header("host", "site.test")
+        .body(empty())
+        .expect("request");
+    let response = within("response", sender.send_request(request)).await.ok()?;
+    let status = response.status();
+    within("body", response.into_body().collect()).await.ok()?;
+    Some(status)
+}
+
+/// `max_connections` holds on a TLS listener, counted from accept, so a connection still in
+/// its handshake holds a slot: past the limit a connection is closed before its handshake, is
+/// counted as refused and reaches no upstream; the open ones keep working, and a freed slot is
+/// taken by the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_holds_on_a_tls_listener_and_a_freed_slot_is_reused() {
+    let Site {
+        ca, upstream, proxy, ..
+    } = site("tls-max-connections", "defaults: { limits: { max_connections: 2 } }").await;
+    let h2 = client_config(&ca.der(), &[b"h2"], BOTH);
+    let h1 = client_config(&ca.der(), &[b"http/1.1"], BOTH);
+    let stream = connect(proxy.addr, &h2, "site.test").await;
+    let mut open = Conn::over(stream).await;
+    assert_eq!(open.get("site.test", "/").await.0, StatusCode::OK);
+    // A client that connected and has not started its handshake holds the second slot.
+    let silent = TcpStream::connect(proxy.addr).await.expect("connect");
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while tls_metric(&proxy, "sluice_connections_open").await != 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the silent connection was never counted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    // The third: closed before its handshake.
+    for protocol in [&h1, &h2] {
+        let tcp = TcpStream::connect(proxy.addr).await.expect("connect");
+        let name = ServerName::try_from("site.test").expect("server name");
+        let handshake = within(
+            "the refused handshake ends",
+            tokio_rustls::TlsConnector::from(Arc::clone(protocol)).connect(name, tcp),
+        )
+        .await;
+        assert!(
+            handshake.is_err(),
+            "a connection past the limit must not complete a handshake"
+        );
+    }
+    assert_eq!(tls_metric(&proxy, "sluice_connections_refused_total").await, 2);
+    assert_eq!(upstream.hits(), 1, "the refused connections reached no upstream");
+
+    // The open connection is untouched.
+    assert_eq!(open.get("site.test", "/").await.0, StatusCode::OK);
+    assert_eq!(upstream.hits(), 2);
+
+    // The silent client leaves: its slot goes to the next client (once the proxy has seen the
+    // close, so new connections are tried until one is served).
+    drop(silent);
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = try_get(proxy.addr, &h1).await {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the freed slot was never reused"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(upstream.hits(), 3);
+    assert_eq!(open.get("site.test", "/").await.0, StatusCode::OK);
+    assert_eq!(upstream.hits(), 4);
+    proxy.shutdown().await;
+}
