@@ -7,6 +7,7 @@
 
 use std::error::Error as StdError;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -51,13 +52,22 @@ enum BodyKind {
 }
 
 /// What few request bodies need.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Extra {
     tee: Option<Tee>,
     /// The fields the head's `Connection` named: hop-by-hop for this request, and so removed
     /// from its trailers too.
     connection_named: Vec<HeaderName>,
+    /// Set when the body fails by the client's doing ([`FAULT_BROKEN`], [`FAULT_TOO_LARGE`]),
+    /// for a sender that does not report the body's own error (see
+    /// [`RequestBody::watch_client_fault`]).
+    fault: Option<Arc<AtomicU8>>,
 }
+
+/// The client's body broke (a bad chunk, the client left mid-upload).
+const FAULT_BROKEN: u8 = 1;
+/// The client's body passed `max_request_body`.
+const FAULT_TOO_LARGE: u8 = 2;
 
 /// A bounded copy of a request body taken while it streams to the primary. It hands over the
 /// copy (`Some`) when the body ends, or `None` the moment the body passes `limit`; if the body
@@ -127,13 +137,34 @@ impl RequestBody {
                 tee.finish();
             }
         }
-        let extra = (tee.is_some() || !connection_named.is_empty()).then(|| Box::new(Extra { tee, connection_named }));
+        let extra = (tee.is_some() || !connection_named.is_empty()).then(|| {
+            Box::new(Extra {
+                tee,
+                connection_named,
+                fault: None,
+            })
+        });
         Self {
             kind: BodyKind::Client {
                 inner,
                 remaining: limit,
                 extra,
             },
+        }
+    }
+
+    /// A flag set when this body fails by the client's doing, for a sender that does not hand
+    /// back the body's own error: hyper's HTTP/2 client resets the stream and answers with the
+    /// reset, which would read as the upstream's fault. `None` for a body that is already
+    /// complete; allocates only for a client body still to come.
+    pub(crate) fn watch_client_fault(&mut self) -> Option<Arc<AtomicU8>> {
+        match &mut self.kind {
+            BodyKind::Client { inner, extra, .. } if !inner.is_end_stream() => {
+                let flag = Arc::new(AtomicU8::new(0));
+                extra.get_or_insert_with(Box::default).fault = Some(Arc::clone(&flag));
+                Some(flag)
+            }
+            _ => None,
         }
     }
 
@@ -171,6 +202,7 @@ impl Body for RequestBody {
                     let len = data.len() as u64;
                     if len > *remaining {
                         *remaining = 0;
+                        note_fault(extra, FAULT_TOO_LARGE);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
                     *remaining -= len;
@@ -185,7 +217,10 @@ impl Body for RequestBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(Some(Err(e))) => {
+                note_fault(extra, FAULT_BROKEN);
+                Poll::Ready(Some(Err(e)))
+            }
             Poll::Ready(None) => {
                 if let Some(tee) = extra.as_mut().and_then(|e| e.tee.as_mut()) {
                     tee.finish();
@@ -208,6 +243,13 @@ impl Body for RequestBody {
             BodyKind::Client { inner, .. } => inner.size_hint(),
             BodyKind::Buffered(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
         }
+    }
+}
+
+/// Records a client fault for whoever watches this body.
+fn note_fault(extra: &Option<Box<Extra>>, fault: u8) {
+    if let Some(flag) = extra.as_ref().and_then(|e| e.fault.as_ref()) {
+        flag.store(fault, Ordering::Relaxed);
     }
 }
 
@@ -383,14 +425,18 @@ impl SendFailure {
         }
     }
 
-    /// An HTTP/2 send that failed: the client's body, or the upstream.
-    fn h2(mut error: TrySendError<Request<RequestBody>>) -> Self {
+    /// An HTTP/2 send that failed: the client's body (as `fault` says, or as the error does),
+    /// or the upstream.
+    fn h2(mut error: TrySendError<Request<RequestBody>>, fault: Option<&AtomicU8>) -> Self {
         let unsent = error.take_message();
         let error = error.into_error();
-        let kind = if crate::error::client_body_failed(&error) || is_body_too_large(&error) {
-            FailureKind::Client(Box::new(error))
-        } else {
-            FailureKind::Reset(Box::new(error))
+        let kind = match fault.map(|flag| flag.load(Ordering::Relaxed)) {
+            Some(FAULT_TOO_LARGE) => FailureKind::Client(Box::new(BodyTooLarge)),
+            Some(FAULT_BROKEN) => FailureKind::Client(Box::new(error)),
+            _ if crate::error::client_body_failed(&error) || is_body_too_large(&error) => {
+                FailureKind::Client(Box::new(error))
+            }
+            _ => FailureKind::Reset(Box::new(error)),
         };
         Self { kind, unsent }
     }
@@ -477,13 +523,14 @@ impl Endpoint {
         if let Some(forwarded) = forwarded {
             forwarded.apply(request.headers_mut());
         }
+        let fault = request.body_mut().watch_client_fault();
         let sent = sender.try_send_request(request).await;
         if sent.is_err() && sender.is_closed() {
             // Forget the dead connection so the next request opens a new one. A failed
             // stream on a live connection keeps it.
             self.pool.h2.store(None);
         }
-        sent.map_err(SendFailure::h2)
+        sent.map_err(|error| SendFailure::h2(error, fault.as_deref()))
     }
 
     /// Puts a connection whose answer is complete back in the pool (or closes it, if full).

@@ -309,7 +309,6 @@ async fn broken_client_bodies_are_the_clients_fault_to_an_http1_upstream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: to a protocol: http2 upstream, a client body broken on the own HTTP/1.1 codec is taken for an upstream reset (502, reset error, 5xx, outlier ejection)"]
 async fn broken_client_bodies_are_the_clients_fault_to_an_http2_upstream() {
     broken_client_bodies_are_the_clients_fault("http2").await;
 }
