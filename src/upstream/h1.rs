@@ -602,7 +602,12 @@ impl Body for H1Body {
                     this.conn = None;
                     return Poll::Ready(match trailers.map(|t| framing::parse_trailers(&t)) {
                         None | Some(Ok(None)) => None,
-                        Some(Ok(Some(trailers))) => Some(Ok(Frame::trailers(trailers))),
+                        Some(Ok(Some(mut trailers))) => {
+                            // Hop-by-hop in a trailer section too (RFC 9110 §7.6.1); an HTTP/2
+                            // client's stream would be reset over them.
+                            crate::forward::remove_hop_by_hop(&mut trailers, false);
+                            Some(Ok(Frame::trailers(trailers)))
+                        }
                         Some(Err(e)) => Some(Err(e.into())),
                     });
                 }

@@ -418,3 +418,42 @@ async fn request_trailers_reach_an_http1_upstream_in_the_chunked_body() {
     assert_eq!(wire, "5\r\nhello\r\n0\r\nx-checksum: 7\r\n\r\n");
     proxy.shutdown().await;
 }
+
+/// An HTTP/1.1 upstream's trailers that carry connection-specific fields (`Connection`,
+/// `Keep-Alive`, `Transfer-Encoding`, which HTTP/2 forbids) still end an h2c client's stream
+/// cleanly: those fields (and the one `Connection` names) are dropped, the others arrive, and
+/// the body is whole. Before the fix the client's stream was reset (CANCEL) at the trailers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_specific_trailers_from_an_http1_upstream_do_not_break_an_h2_stream() {
+    let (addr, _) = raw_upstream(|_, mut stream| async move {
+        let mut buf = Vec::new();
+        while read_request_head(&mut stream, &mut buf).await.is_some() {
+            let answer = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntrailer: grpc-status\r\n\r\n\
+                5\r\nhello\r\n0\r\ngrpc-status: 0\r\nconnection: x-hop\r\nkeep-alive: timeout=5\r\n\
+                transfer-encoding: chunked\r\nx-hop: 1\r\n\r\n";
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = proxy(&service("p", "{}", &[("v", &[addr], 1)])).await;
+    let client = h2c_client();
+    for _ in 0..2 {
+        let request = Request::builder()
+            .uri(proxy.url("/stream"))
+            .header("te", "trailers")
+            .body(empty())
+            .expect("request");
+        let response = client.request(request).await.expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let collected = response.into_body().collect().await.expect("the stream ends cleanly");
+        let trailers = collected.trailers().cloned().expect("trailers arrive");
+        assert_eq!(trailers["grpc-status"], "0");
+        for name in ["connection", "keep-alive", "transfer-encoding", "x-hop"] {
+            assert!(!trailers.contains_key(name), "{name} in {trailers:?}");
+        }
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"hello"));
+    }
+    proxy.shutdown().await;
+}
