@@ -135,21 +135,6 @@ impl ProxyError {
     }
 }
 
-/// True when an HTTP/2 upstream send failed because the client's own body broke (a bad chunk
-/// size, the client leaving mid-upload), not the upstream: hyper's client reports an error of
-/// the body it sends as a user error, whose source is the error the server side (hyper's or
-/// sluice's own) gave that body.
-pub fn client_body_failed(cause: &hyper::Error) -> bool {
-    let mut current = std::error::Error::source(cause);
-    while let Some(e) = current {
-        if crate::server::is_client_body_error(e) {
-            return cause.is_user();
-        }
-        current = e.source();
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

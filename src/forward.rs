@@ -93,9 +93,7 @@ pub fn clean_request_trailers(trailers: &mut HeaderMap, connection_named: &[Head
             || *name == header::CONTENT_LENGTH
             || *name == header::HOST
             || *name == header::TRAILER
-            || *name == X_FORWARDED_FOR
-            || *name == X_FORWARDED_PROTO
-            || *name == X_FORWARDED_HOST
+            || Forwarded::replaces(name)
             || *name == crate::mirror::X_SLUICE_SHADOW
             || *name == crate::flags::X_SLUICE_FLAGS
             || connection_named.contains(name)

@@ -162,12 +162,6 @@ pub fn on_upgrade(request: &mut Request<ClientBody>) -> ClientUpgrade {
     }
 }
 
-/// True when `error` is a client body that broke (a bad chunk, the client leaving mid-upload),
-/// whichever server read it.
-pub fn is_client_body_error(error: &(dyn std::error::Error + 'static)) -> bool {
-    error.is::<hyper::Error>() || error.is::<h1::BodyError>()
-}
-
 /// Appends the current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted once
 /// per second per thread.
 pub(crate) fn put_date(out: &mut Vec<u8>) {

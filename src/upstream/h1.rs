@@ -444,7 +444,6 @@ fn locate<const N: usize>(read: &[u8], spans: &mut [Span], head_request: bool) -
     })
 }
 
-/// Writes the request line and headers; returns whether the body goes chunked.
 /// What [`encode_head`] found out.
 struct Encoded {
     /// The body goes chunked.
@@ -453,6 +452,8 @@ struct Encoded {
     upgrade: bool,
 }
 
+/// Writes the request line and headers, with `forwarded`'s `X-Forwarded-*` in place of the
+/// received ones.
 fn encode_head(
     out: &mut Vec<u8>,
     parts: &http::request::Parts,

@@ -425,17 +425,14 @@ impl SendFailure {
         }
     }
 
-    /// An HTTP/2 send that failed: the client's body (as `fault` says, or as the error does),
-    /// or the upstream.
+    /// An HTTP/2 send that failed: the client's body, as `fault` says (hyper's client reports
+    /// only the stream's reset, whichever side caused it), or else the upstream.
     fn h2(mut error: TrySendError<Request<RequestBody>>, fault: Option<&AtomicU8>) -> Self {
         let unsent = error.take_message();
         let error = error.into_error();
         let kind = match fault.map(|flag| flag.load(Ordering::Relaxed)) {
             Some(FAULT_TOO_LARGE) => FailureKind::Client(Box::new(BodyTooLarge)),
             Some(FAULT_BROKEN) => FailureKind::Client(Box::new(error)),
-            _ if crate::error::client_body_failed(&error) || is_body_too_large(&error) => {
-                FailureKind::Client(Box::new(error))
-            }
             _ => FailureKind::Reset(Box::new(error)),
         };
         Self { kind, unsent }

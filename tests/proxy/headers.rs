@@ -266,11 +266,12 @@ async fn request_trailers_lose_what_the_head_would_lose() {
     }
 }
 
-/// Sends one chunked POST over raw TCP with `extra_head` lines in
-/// its head and `trailer_section` as its trailers, to an upstream speaking `protocol`; returns
-/// the trailer names (sorted) the upstream received.
-async fn trailers_reaching_upstream(protocol: &str, extra_head: &str, trailer_section: &str) -> Vec<String> {
-    let received: Arc<Mutex<Vec<Option<HeaderMap>>>> = Arc::default();
+/// The trailer sections an upstream received, one entry per request.
+type ReceivedTrailers = Arc<Mutex<Vec<Option<HeaderMap>>>>;
+
+/// A proxy in front of an upstream speaking `protocol` that records each request's trailers.
+async fn trailer_recording_proxy(protocol: &str) -> (TestProxy, Upstream, ReceivedTrailers) {
+    let received = ReceivedTrailers::default();
     let store = Arc::clone(&received);
     let up = Upstream::start(move |request| {
         let store = Arc::clone(&store);
@@ -281,17 +282,14 @@ async fn trailers_reaching_upstream(protocol: &str, extra_head: &str, trailer_se
         }
     })
     .await;
-    let services = speaking(&service("t", "{}", &[("v", &[up.addr], 1)]), protocol);
-    let proxy = proxy(&services).await;
-    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
-    let request = format!(
-        "POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n{extra_head}\r\n2\r\nok\r\n0\r\n{trailer_section}\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let head = read_head(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 200"), "{protocol}: {head}");
+    let proxy = proxy(&speaking(&service("t", "{}", &[("v", &[up.addr], 1)]), protocol)).await;
+    (proxy, up, received)
+}
+
+/// The trailer names (sorted) of the one request the upstream received.
+fn received_trailer_names(received: &ReceivedTrailers, what: &str) -> Vec<String> {
     let seen = received.lock().expect("lock").clone();
-    assert_eq!(seen.len(), 1, "{protocol}");
+    assert_eq!(seen.len(), 1, "{what}");
     let mut names: Vec<String> = seen[0]
         .clone()
         .unwrap_or_default()
@@ -299,6 +297,22 @@ async fn trailers_reaching_upstream(protocol: &str, extra_head: &str, trailer_se
         .map(|n| n.as_str().to_owned())
         .collect();
     names.sort();
+    names
+}
+
+/// Sends one chunked POST over raw TCP with `extra_head` lines in its head and
+/// `trailer_section` as its trailers, to an upstream speaking `protocol`; returns the trailer
+/// names (sorted) the upstream received.
+async fn trailers_reaching_upstream(protocol: &str, extra_head: &str, trailer_section: &str) -> Vec<String> {
+    let (proxy, _up, received) = trailer_recording_proxy(protocol).await;
+    let mut stream = TcpStream::connect(proxy.addr).await.expect("connect");
+    let request = format!(
+        "POST /t HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n{extra_head}\r\n2\r\nok\r\n0\r\n{trailer_section}\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{protocol}: {head}");
+    let names = received_trailer_names(&received, protocol);
     proxy.shutdown().await;
     names
 }
@@ -350,19 +364,7 @@ async fn h2c_client_trailers_are_filtered_too() {
     use http_body::Frame;
     for protocol in ["http1", "http2"] {
         for only_removed in [false, true] {
-            let received: Arc<Mutex<Vec<Option<HeaderMap>>>> = Arc::default();
-            let store = Arc::clone(&received);
-            let up = Upstream::start(move |request| {
-                let store = Arc::clone(&store);
-                async move {
-                    let collected = request.into_body().collect().await.expect("request body");
-                    store.lock().expect("lock").push(collected.trailers().cloned());
-                    Response::new(full("ok"))
-                }
-            })
-            .await;
-            let services = speaking(&service("t", "{}", &[("v", &[up.addr], 1)]), protocol);
-            let proxy = proxy(&services).await;
+            let (proxy, _up, received) = trailer_recording_proxy(protocol).await;
             let (tx, body) = channel_body(4);
             tx.send(Frame::data("ok".into())).await.expect("data");
             let mut trailers = HeaderMap::new();
@@ -378,15 +380,7 @@ async fn h2c_client_trailers_are_filtered_too() {
                 .await
                 .expect("h2c request");
             assert_eq!(response.status(), StatusCode::OK, "{protocol} {only_removed}");
-            let seen = received.lock().expect("lock").clone();
-            assert_eq!(seen.len(), 1, "{protocol}");
-            let mut names: Vec<String> = seen[0]
-                .clone()
-                .unwrap_or_default()
-                .keys()
-                .map(|n| n.as_str().to_owned())
-                .collect();
-            names.sort();
+            let names = received_trailer_names(&received, protocol);
             let want: &[&str] = if only_removed { &[] } else { &["x-checksum"] };
             assert_eq!(names, want, "{protocol} {only_removed}");
             proxy.shutdown().await;
