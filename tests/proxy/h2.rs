@@ -109,12 +109,8 @@ impl http_body::Body for FailingBody {
     }
 }
 
-/// What an upstream logs of each request: `VERSION METHOD PATH LEN`, or `... broken` when its
-/// body did not end.
-type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
-
 /// The lines `log` holds for requests to `path`.
-fn logged(log: &Log, path: &str) -> Vec<String> {
+fn logged(log: &BodyLog, path: &str) -> Vec<String> {
     log.lock()
         .expect("lock")
         .iter()
@@ -129,23 +125,9 @@ fn logged(log: &Log, path: &str) -> Vec<String> {
 /// inside a `Content-Length` body, one that closes inside a chunked body, and a chunk size that
 /// is not hex. Checks that the upstream saw each end in error, never a complete request;
 /// returns the answer to the bad chunk.
-async fn break_client_bodies(name: &str, protocol: &str, extra: &str) -> (Controlled, Upstream, Log, String) {
+async fn break_client_bodies(name: &str, protocol: &str, extra: &str) -> (Controlled, Upstream, BodyLog, String) {
     use tokio::io::AsyncWriteExt;
-    let log: Log = Log::default();
-    let store = std::sync::Arc::clone(&log);
-    let up = Upstream::start(move |request| {
-        let store = std::sync::Arc::clone(&store);
-        async move {
-            let line = format!("{:?} {} {}", request.version(), request.method(), request.uri().path());
-            let body = match request.into_body().collect().await {
-                Ok(body) => body.to_bytes().len().to_string(),
-                Err(_) => "broken".to_owned(),
-            };
-            store.lock().expect("lock").push(format!("{line} {body}"));
-            Response::new(full("ok"))
-        }
-    })
-    .await;
+    let (up, log) = body_logging_upstream().await;
     let services = speaking(&service("s", "{}", &[("v", &[up.addr], 1)]), protocol) + extra;
     let path = temp_dir(name).join("sluice.yaml");
     write_config(

@@ -115,30 +115,8 @@ async fn conflicting_framing_closes_the_connection_and_smuggles_nothing() {
     proxy.shutdown().await;
 }
 
-/// An upstream that logs every request it receives as `METHOD PATH BODY`, where `BODY` is the
-/// body's length, or `broken` if it did not arrive whole.
-async fn logging_upstream() -> (Upstream, Arc<Mutex<Vec<String>>>) {
-    let log: Arc<Mutex<Vec<String>>> = Arc::default();
-    let store = Arc::clone(&log);
-    let upstream = Upstream::start(move |request| {
-        let store = Arc::clone(&store);
-        async move {
-            use http_body_util::BodyExt;
-            let line = format!("{} {}", request.method(), request.uri().path());
-            let body = match request.into_body().collect().await {
-                Ok(body) => body.to_bytes().len().to_string(),
-                Err(_) => "broken".to_owned(),
-            };
-            store.lock().expect("lock").push(format!("{line} {body}"));
-            Response::new(full("ok"))
-        }
-    })
-    .await;
-    (upstream, log)
-}
-
 /// What follows every hostile request on its connection: if the proxy ever read it as a request
-/// of its own, the upstream would log `GET /smuggled`.
+/// of its own, the upstream would log `HTTP/1.1 GET /smuggled`.
 const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: s\r\n\r\n";
 
 /// Sends `raw` then [`SMUGGLED`] on a new connection; checks that the proxy answers once with
@@ -168,7 +146,7 @@ async fn expect_one_answer_then_close(proxy: &TestProxy, case: &str, raw: &str, 
 /// upstream sees nothing at all: neither the request nor what was hidden behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_heads_get_400_and_close_and_smuggle_nothing() {
-    let (up, log) = logging_upstream().await;
+    let (up, log) = body_logging_upstream().await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
     let post = "POST / HTTP/1.1\r\nHost: s\r\n";
     let cases: [(&str, String); 22] = [
@@ -272,7 +250,7 @@ async fn malformed_heads_get_400_and_close_and_smuggle_nothing() {
 /// hidden behind the body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broken_chunked_bodies_get_400_and_close_and_smuggle_nothing() {
-    let (up, log) = logging_upstream().await;
+    let (up, log) = body_logging_upstream().await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
     let post = "POST / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n";
     let cases = [
@@ -292,7 +270,7 @@ async fn broken_chunked_bodies_get_400_and_close_and_smuggle_nothing() {
     }
     let seen = log.lock().expect("lock").clone();
     assert!(
-        seen.iter().all(|line| line == "POST / broken"),
+        seen.iter().all(|line| line == "HTTP/1.1 POST / broken"),
         "only broken starts of the hostile requests reached the upstream: {seen:?}"
     );
     proxy.shutdown().await;
@@ -302,7 +280,7 @@ async fn broken_chunked_bodies_get_400_and_close_and_smuggle_nothing() {
 /// lines (hyper's limit), gets `431` and a closed connection; a head within the limit passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_heads_get_431_and_close() {
-    let (up, log) = logging_upstream().await;
+    let (up, log) = body_logging_upstream().await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
     let get = "GET / HTTP/1.1\r\nHost: s\r\n";
     let big = "x".repeat(70 << 10);
@@ -337,7 +315,7 @@ async fn oversized_heads_get_431_and_close() {
     stream.write_all(within_limit.as_bytes()).await.expect("write");
     let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "6KiB against 8KiB: {answer:?}");
-    assert_eq!(*log.lock().expect("lock"), ["GET / 0"]);
+    assert_eq!(*log.lock().expect("lock"), ["HTTP/1.1 GET / 0"]);
     proxy.shutdown().await;
 }
 
@@ -345,7 +323,7 @@ async fn oversized_heads_get_431_and_close() {
 /// SETTINGS_MAX_HEADER_LIST_SIZE, and a header list over it never reaches the upstream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_h2_header_list_never_reaches_the_upstream() {
-    let (up, log) = logging_upstream().await;
+    let (up, log) = body_logging_upstream().await;
     let proxy = proxy_with(
         &service("s", "{}", &[("v", &[up.addr], 1)]),
         "defaults: { limits: { max_request_headers: 8KiB } }",
@@ -379,7 +357,7 @@ async fn an_oversized_h2_header_list_never_reaches_the_upstream() {
 /// whose body contains the GET; sluice serves the GET as a request of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_extension_with_a_bare_lf_gets_400_and_smuggles_nothing() {
-    let (up, log) = logging_upstream().await;
+    let (up, log) = body_logging_upstream().await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
     let post = "POST / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n";
     expect_one_answer_then_close(
@@ -403,7 +381,7 @@ async fn a_chunk_extension_with_a_bare_lf_gets_400_and_smuggles_nothing() {
 /// what follows as the next request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_chunk_size_line_without_digits_gets_400_and_smuggles_nothing() {
-    let (up, log) = logging_upstream().await;
+    let (up, log) = body_logging_upstream().await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
     let post = "POST / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n";
     for (case, raw) in [
@@ -430,7 +408,7 @@ async fn a_chunk_size_line_without_digits_gets_400_and_smuggles_nothing() {
 /// bounds each size line (1 KiB) and takes any number of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_extensions_are_bounded_per_body() {
-    let (up, log) = logging_upstream().await;
+    let (up, log) = body_logging_upstream().await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
     let post = "POST / HTTP/1.1\r\nHost: s\r\nTransfer-Encoding: chunked\r\n\r\n";
     let padded = format!("1;pad={}\r\nA\r\n", "e".repeat(1000)).repeat(20);
@@ -443,7 +421,7 @@ async fn chunk_extensions_are_bounded_per_body() {
     .await;
     let seen = log.lock().expect("lock").clone();
     assert!(
-        seen.iter().all(|line| line == "POST / broken"),
+        seen.iter().all(|line| line == "HTTP/1.1 POST / broken"),
         "the padded body reached the upstream whole: {seen:?}"
     );
     proxy.shutdown().await;

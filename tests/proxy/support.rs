@@ -690,3 +690,27 @@ pub async fn read_request_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec
         }
     }
 }
+
+/// What [`body_logging_upstream`] logs of each request: `VERSION METHOD PATH LEN`, or
+/// `VERSION METHOD PATH broken` when its body did not arrive whole.
+pub type BodyLog = Arc<std::sync::Mutex<Vec<String>>>;
+
+/// An upstream that logs every request it receives (see [`BodyLog`]).
+pub async fn body_logging_upstream() -> (Upstream, BodyLog) {
+    let log = BodyLog::default();
+    let store = Arc::clone(&log);
+    let upstream = Upstream::start(move |request| {
+        let store = Arc::clone(&store);
+        async move {
+            let line = format!("{:?} {} {}", request.version(), request.method(), request.uri().path());
+            let body = match request.into_body().collect().await {
+                Ok(body) => body.to_bytes().len().to_string(),
+                Err(_) => "broken".to_owned(),
+            };
+            store.lock().expect("lock").push(format!("{line} {body}"));
+            Response::new(full("ok"))
+        }
+    })
+    .await;
+    (upstream, log)
+}
