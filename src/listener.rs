@@ -1,6 +1,6 @@
 //! Request path, step 0: accepting connections. A plain listener serves HTTP/1.1 (with sluice's
-//! own codec, [`crate::server::h1`]) and h2c (prior knowledge, hyper) on one port; a TLS listener
-//! serves HTTP/2 or HTTP/1.1 as ALPN agreed (hyper). All with upgrades, a request-head timeout
+//! own codec, [`crate::server::h1`]) and h2c (prior knowledge, [`crate::server::h2`]) on one
+//! port; a TLS listener serves HTTP/2 ([`crate::server::h2`]) or HTTP/1.1 (hyper) as ALPN agreed. All with upgrades, a request-head timeout
 //! (which also bounds the TLS handshake), a request-head size limit, and graceful shutdown. Past
 //! `max_connections`, a new connection is closed at once.
 
@@ -22,10 +22,6 @@ use crate::proxy::Proxy;
 use crate::server::{self, ClientBody};
 use crate::tls::Terminator;
 
-/// Interval of HTTP/2 pings to client connections.
-const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// A client that does not answer a ping within this is closed.
-const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// The HTTP/2 client connection preface (RFC 9113 §3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How often a partial HTTP/2 preface is looked at again.
@@ -56,12 +52,12 @@ impl From<TcpListener> for Listener {
     }
 }
 
-/// How connections are served: hyper's builders per protocol (HTTP/2, and HTTP/1.1 over TLS),
-/// and sluice's own HTTP/1.1 codec for plain connections.
+/// How connections are served: hyper's builder for HTTP/1.1 over TLS, sluice's own HTTP/1.1
+/// codec for plain connections, and sluice's HTTP/2 server (on `h2`) for both.
 struct Builders {
     http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
     own_http1: server::h1::Settings,
+    own_http2: server::h2::Settings,
 }
 
 /// Serves `listeners` until `shutdown` completes, then drains open connections for at most
@@ -81,17 +77,13 @@ pub async fn serve(listeners: Vec<Listener>, proxy: Arc<Proxy>, limits: &Limits,
         .timer(TokioTimer::new())
         .header_read_timeout(request_headers)
         .max_buf_size(usize::try_from(head_limit).unwrap_or(usize::MAX));
-    // HTTP/2 has no head timeout once a connection is up: ping idle clients and close the ones
-    // that stop answering, so dead peers do not hold connections forever.
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT)
-        .max_header_list_size(u32::try_from(head_limit).unwrap_or(u32::MAX));
     let builders = Arc::new(Builders {
-        http1: builder.clone().http1_only(),
-        http2: builder.http2_only(),
+        http1: builder.http1_only(),
+        // HTTP/2 has no head timeout once a connection is up: `h2` pings clients and closes the
+        // ones that stop answering, so dead peers do not hold connections forever.
+        own_http2: server::h2::Settings {
+            head_limit: u32::try_from(head_limit).unwrap_or(u32::MAX),
+        },
         own_http1: server::h1::Settings {
             head_limit: usize::try_from(head_limit).unwrap_or(usize::MAX),
             request_headers,
@@ -165,7 +157,8 @@ async fn accept_loop(
         let (builders, mut stop) = (Arc::clone(builders), stop.clone());
         let tls = listener.tls.clone();
         let Some(tls) = tls else {
-            let (open, watcher) = (open.clone(), graceful.watcher());
+            // Drained through `open`, not hyper's watcher.
+            let open = open.clone();
             tokio::spawn(async move {
                 // The slot is held until this task ends, whatever way it ends.
                 let (_permit, _open) = (permit, open);
@@ -178,23 +171,15 @@ async fn accept_loop(
                     },
                     _ = stop.wait_for(|stopping| *stopping) => return,
                 };
-                if !h2 {
-                    // Drained through `open`, not hyper's watcher.
-                    drop(watcher);
+                if h2 {
+                    server::h2::serve(stream, proxy, client, builders.own_http2, stop).await;
+                } else {
                     server::h1::serve(stream, proxy, client, builders.own_http1, stop).await;
-                    return;
-                }
-                let connection = builders
-                    .http2
-                    .serve_connection(TokioIo::new(stream), hyper_service(proxy, client));
-                if let Err(error) = watcher.watch(connection.into_owned()).await {
-                    tracing::debug!(%peer, %error, "client connection ended with an error");
                 }
             });
             continue;
         };
-        let service = hyper_service(proxy, client);
-        let watcher = graceful.watcher();
+        let (open, watcher) = (open.clone(), graceful.watcher());
         tokio::spawn(async move {
             // The slot is held until this task ends, whatever way it ends.
             let _permit = permit;
@@ -219,8 +204,18 @@ async fn accept_loop(
                 },
                 _ = stop.wait_for(|stopping| *stopping) => return,
             };
-            let builder = if h2 { &builders.http2 } else { &builders.http1 };
-            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if h2 {
+                // Drained through `open`, not hyper's watcher.
+                drop(watcher);
+                let _open = open;
+                server::h2::serve(stream, proxy, client, builders.own_http2, stop).await;
+                return;
+            }
+            drop(open);
+            let service = hyper_service(proxy, client);
+            let connection = builders
+                .http1
+                .serve_connection_with_upgrades(TokioIo::new(stream), service);
             if let Err(error) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, %error, "client TLS connection ended with an error");
             }
@@ -243,12 +238,7 @@ fn hyper_service(
     service_fn(move |request: http::Request<hyper::body::Incoming>| {
         let proxy = Arc::clone(&proxy);
         let client = Arc::clone(&client);
-        async move {
-            // Boxed: hyper spawns a task per HTTP/2 stream and tokio moves a task's future
-            // several times; a pointer moves cheaper than the whole request's state.
-            let handling = Box::pin(proxy.handle(request.map(ClientBody::Hyper), &client, None));
-            Ok::<_, Infallible>(handling.await)
-        }
+        async move { Ok::<_, Infallible>(proxy.handle(request.map(ClientBody::Hyper), &client, None).await) }
     })
 }
 

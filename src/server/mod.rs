@@ -3,6 +3,7 @@
 //! and TLS) and HTTP/1.1 over TLS by hyper's server.
 
 pub mod h1;
+pub mod h2;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -103,8 +104,10 @@ pub(crate) fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// A client's request body.
 #[derive(Debug)]
 pub enum ClientBody {
-    /// Read by hyper (HTTP/2, HTTP/1.1 over TLS).
+    /// Read by hyper (HTTP/1.1 over TLS).
     Hyper(Incoming),
+    /// An HTTP/2 stream's, read by [`h2`].
+    H2(h2::RequestBody),
     /// Read by [`h1`] straight from the connection.
     /// Boxed: every request moves a `ClientBody`, and most have none.
     H1(Box<h1::RequestBody>),
@@ -119,6 +122,7 @@ impl Body for ClientBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ClientBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            ClientBody::H2(body) => Pin::new(body).poll_frame(cx),
             ClientBody::H1(body) => Pin::new(&mut **body).poll_frame(cx),
             ClientBody::Empty => Poll::Ready(None),
         }
@@ -127,6 +131,7 @@ impl Body for ClientBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ClientBody::Hyper(body) => body.is_end_stream(),
+            ClientBody::H2(body) => body.is_end_stream(),
             ClientBody::H1(body) => body.is_end_stream(),
             ClientBody::Empty => true,
         }
@@ -135,6 +140,7 @@ impl Body for ClientBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ClientBody::Hyper(body) => body.size_hint(),
+            ClientBody::H2(body) => body.size_hint(),
             ClientBody::H1(body) => body.size_hint(),
             ClientBody::Empty => SizeHint::with_exact(0),
         }
@@ -162,21 +168,32 @@ pub fn on_upgrade(request: &mut Request<ClientBody>) -> ClientUpgrade {
     }
 }
 
-/// Appends the current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`), formatted once
-/// per second per thread.
+/// Appends the current time as an HTTP date (`Sun, 06 Nov 1994 08:49:37 GMT`).
 pub(crate) fn put_date(out: &mut Vec<u8>) {
+    with_date(|date| out.extend_from_slice(date.as_bytes()));
+}
+
+/// The current time as an HTTP date, for a header map.
+pub(crate) fn date_value() -> http::HeaderValue {
+    with_date(Clone::clone)
+}
+
+/// Calls `f` with the current time as an HTTP date, formatted once per second per thread.
+fn with_date<R>(f: impl FnOnce(&http::HeaderValue) -> R) -> R {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
-        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+        static DATE: RefCell<(u64, http::HeaderValue)> =
+            const { RefCell::new((u64::MAX, http::HeaderValue::from_static(""))) };
     }
     let now = SystemTime::now();
     let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    DATE.with_borrow_mut(|(cached, text)| {
+    DATE.with_borrow_mut(|(cached, value)| {
         if *cached != second {
             *cached = second;
-            *text = httpdate::fmt_http_date(now);
+            *value = http::HeaderValue::from_str(&httpdate::fmt_http_date(now))
+                .unwrap_or_else(|_| http::HeaderValue::from_static(""));
         }
-        out.extend_from_slice(text.as_bytes());
-    });
+        f(value)
+    })
 }

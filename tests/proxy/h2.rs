@@ -305,3 +305,165 @@ async fn samples(proxy: &Controlled) -> std::collections::HashMap<String, f64> {
         .map(|(k, v)| (k.to_owned(), v.parse().expect("numeric sample")))
         .collect()
 }
+
+// sluice's HTTP/2 server (`src/server/h2.rs`): flow control, resets, its own answers, shutdown.
+
+/// An HTTP/2 connection to `addr` with the `h2` crate, for what hyper's client does not expose
+/// (resetting one stream, seeing a GOAWAY).
+async fn h2_connection(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = within("h2 handshake", h2::client::handshake(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
+}
+
+/// Sends a GET for `path` on `client`: the answer's status and body.
+async fn h2_get(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+    path: &str,
+) -> Result<(StatusCode, bytes::Bytes), h2::Error> {
+    let request = Request::get(format!("http://{addr}{path}")).body(()).expect("request");
+    let (response, _) = client.send_request(request, true)?;
+    let response = within("h2 answer", response).await?;
+    let status = response.status();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = within("h2 body", body.data()).await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((status, bytes.into()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_both_ways_keep_to_http2_flow_control() {
+    // The upstream echoes what it is sent; the client's windows are the protocol's 64 KiB, so
+    // both directions wait for window updates many times over.
+    let up =
+        Upstream::start(|request| async move { Response::new(request.into_body().map_err(BoxError::from).boxed()) })
+            .await;
+    let proxy = proxy(&service("echo", "{}", &[("v", &[up.addr], 1)])).await;
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .http2_initial_stream_window_size(65_535)
+        .http2_initial_connection_window_size(65_535)
+        .build_http::<Body>();
+    const SIZE: usize = 3 << 20;
+    let exchanges = (0..4).map(|_| {
+        let request = Request::post(proxy.url("/echo"))
+            .body(full(pattern(0, SIZE)))
+            .expect("request");
+        async {
+            let response = within("echo answer", client.request(request))
+                .await
+                .expect("echo request");
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.version(), Version::HTTP_2);
+            check_pattern(response.into_body(), || {}).await
+        }
+    });
+    let echoed = futures_util::future::join_all(exchanges).await;
+    assert_eq!(
+        echoed,
+        vec![Ok(SIZE as u64); 4],
+        "every stream got its whole body back, in order"
+    );
+    assert_eq!(up.hits(), 4);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_reset_by_the_client_cancels_its_upstream_request_and_the_connection_serves_on() {
+    let up = Upstream::start(|request| async move {
+        if request.uri().path() == "/held" {
+            std::future::pending::<()>().await;
+        }
+        Response::new(full("quick"))
+    })
+    .await;
+    let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
+    let mut client = h2_connection(proxy.addr).await;
+    let request = Request::get(proxy.url("/held")).body(()).expect("request");
+    let (_answer, mut held) = client.send_request(request, true).expect("send");
+    wait_until("the upstream holds the request", || {
+        up.hits() == 1 && up.open_connections() == 1
+    })
+    .await;
+
+    held.send_reset(h2::Reason::CANCEL);
+    // The only way to cancel an HTTP/1.1 request is to close its connection.
+    wait_until("the upstream request is cancelled", || up.open_connections() == 0).await;
+
+    let (status, body) = h2_get(&mut client, proxy.addr, "/quick").await.expect("next stream");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"quick"[..]), "same connection");
+    assert_eq!(up.hits(), 2);
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sluices_own_answers_to_http2_clients_carry_a_date() {
+    let up = Upstream::named("x").await;
+    let proxy = proxy(&service("only", "{ path_prefix: /app }", &[("v", &[up.addr], 1)])).await;
+    let client = h2c_client();
+    for path in ["/elsewhere", "/app"] {
+        let (status, headers, _) = send(&client, Request::get(proxy.url(path)).body(empty()).expect("request")).await;
+        let date = headers.get("date").map(|d| d.to_str().expect("text").to_owned());
+        let parsed = date.as_deref().map(httpdate::parse_http_date);
+        assert!(matches!(parsed, Some(Ok(_))), "{path}: {status} with date {date:?}");
+        assert_eq!(headers.get_all("date").iter().count(), 1, "{path}: one date");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_lets_an_http2_stream_finish_and_refuses_new_ones() {
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let gate = std::sync::Arc::clone(&release);
+    let up = Upstream::start(move |request| {
+        let gate = std::sync::Arc::clone(&gate);
+        async move {
+            if request.uri().path() == "/held" {
+                gate.notified().await;
+            }
+            Response::new(full("done"))
+        }
+    })
+    .await;
+    let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
+    let addr = proxy.addr;
+    let mut client = h2_connection(addr).await;
+    let held = tokio::spawn({
+        let mut client = client.clone();
+        async move { h2_get(&mut client, addr, "/held").await }
+    });
+    wait_until("the upstream holds the request", || up.hits() == 1).await;
+
+    let shutdown = tokio::spawn(proxy.shutdown());
+    // Streams opened before the GOAWAY arrives are served; after it, the client refuses to open
+    // one (or the server refuses it).
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let refused = loop {
+        match h2_get(&mut client, addr, "/quick").await {
+            Ok((status, _)) => assert_eq!(status, StatusCode::OK),
+            Err(error) => break error,
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no GOAWAY came");
+        tokio::task::yield_now().await;
+    };
+    assert!(
+        refused.is_go_away() || refused.reason() == Some(h2::Reason::REFUSED_STREAM),
+        "{refused:?}"
+    );
+    assert!(!shutdown.is_finished(), "the held stream holds the shutdown");
+
+    release.notify_waiters();
+    let (status, body) = within("held answer", held).await.expect("task").expect("held stream");
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"done"[..]));
+    within("shutdown", shutdown).await.expect("shutdown task");
+}
