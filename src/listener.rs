@@ -1,8 +1,9 @@
 //! Request path, step 0: accepting connections. A plain listener serves HTTP/1.1 (with sluice's
 //! own codec, [`crate::server::h1`]) and h2c (prior knowledge, [`crate::server::h2`]) on one
-//! port; a TLS listener serves HTTP/2 ([`crate::server::h2`]) or HTTP/1.1 (hyper) as ALPN agreed. All with upgrades, a request-head timeout
-//! (which also bounds the TLS handshake), a request-head size limit, and graceful shutdown. Past
-//! `max_connections`, a new connection is closed at once.
+//! port; a TLS listener serves HTTP/2 ([`crate::server::h2`]) or HTTP/1.1 (hyper) as ALPN
+//! agreed. All with upgrades (HTTP/1.1), a request-head timeout (which also bounds the TLS
+//! handshake), a request-head size limit, and graceful shutdown. Past `max_connections`, a new
+//! connection is closed at once.
 
 use std::convert::Infallible;
 use std::future::Future;

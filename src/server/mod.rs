@@ -1,6 +1,6 @@
 //! The client side of a request: what a request body and an upgrade are, whichever codec read
-//! them. Plain-TCP HTTP/1.1 connections are served by sluice's own codec ([`h1`]); HTTP/2 (h2c
-//! and TLS) and HTTP/1.1 over TLS by hyper's server.
+//! them. Plain-TCP HTTP/1.1 connections are served by sluice's own codec ([`h1`]), HTTP/2 (h2c
+//! and TLS) by sluice's server on the `h2` crate ([`h2`]), and HTTP/1.1 over TLS by hyper's.
 
 pub mod h1;
 pub mod h2;
