@@ -208,6 +208,9 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         if body.has_hop_by_hop() {
             forward::remove_hop_by_hop(&mut parts.headers, false);
+            // `TE` is a request field (RFC 9110 §10.1.4): `trailers` in an answer means nothing
+            // to the client, and HTTP/2 refuses any other value in one.
+            parts.headers.remove(header::TE);
         }
         if service.expose_version {
             parts.headers.insert(&forward::X_SLUICE_VERSION, version.header.clone());

@@ -22,7 +22,7 @@ use bytes::{Buf, Bytes};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::server::SendResponse;
 use h2::{Ping, Reason, RecvStream, SendStream};
-use http::{header, Request, Response};
+use http::{header, Method, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
@@ -82,7 +82,8 @@ where
     let (proxy, client) = (&*proxy, &client);
     let mut streams = FuturesUnordered::new();
     // `stop` only ever turns true: a change seen by this copy (one atomic load) means it did, and
-    // only then is `stopping` polled again (its first poll registered this task).
+    // only then is `stopping` polled again (its first poll, outside the budget, registered this
+    // task).
     let seen = stop.clone();
     let mut stopping = pin!(stop.wait_for(|stop| *stop));
     let mut stopped = false;
@@ -103,7 +104,7 @@ where
         }
         if !stopped && (!registered || seen.has_changed().unwrap_or(true)) && {
             registered = true;
-            stopping.as_mut().poll(cx).is_ready()
+            poll_unconstrained(&mut stopping, cx).is_ready()
         } {
             // GOAWAY: no new streams; the connection closes once those in progress are done.
             stopped = true;
@@ -111,9 +112,9 @@ where
             continue;
         }
         if keep_alive.poll_timed_out(cx) {
+            // Closed, not shut down: a client that does not read would never take a GOAWAY.
             tracing::debug!("HTTP/2 client did not answer a ping: connection closed");
-            conn.abrupt_shutdown(Reason::NO_ERROR);
-            continue;
+            return Poll::Ready(Ok(()));
         }
         return Poll::Pending;
     })
@@ -148,7 +149,7 @@ impl KeepAlive {
     fn arm(&mut self, after: Duration, cx: &mut Context<'_>) {
         self.armed = true;
         self.timer.as_mut().reset(Instant::now() + after);
-        let _ = self.timer.as_mut().poll(cx);
+        let _ = poll_unconstrained(&mut self.timer, cx);
     }
 
     fn poll_timed_out(&mut self, cx: &mut Context<'_>) -> bool {
@@ -187,12 +188,23 @@ impl KeepAlive {
     }
 }
 
+/// Polls `future` outside tokio's cooperative budget. The connection's task may have spent its
+/// budget on its streams; a poll the budget refuses returns `Pending` without registering the
+/// task, and the futures polled through this are polled again only once they have woken it.
+fn poll_unconstrained<F: Future + Unpin>(future: &mut F, cx: &mut Context<'_>) -> Poll<F::Output> {
+    pin!(tokio::task::unconstrained(
+        poll_fn(|cx| Pin::new(&mut *future).poll(cx))
+    ))
+    .poll(cx)
+}
+
 /// One stream: the handler's answer, then its body.
 async fn respond(proxy: &Proxy, client: &ClientInfo, request: Request<RecvStream>, mut reply: SendResponse<Bytes>) {
     let length = request
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
+    let head = request.method() == Method::HEAD;
     let request = request.map(|recv| ClientBody::H2(RequestBody::new(recv, length)));
     let mut handling = pin!(proxy.handle(request, client, None));
     let answered = poll_fn(|cx| {
@@ -210,8 +222,7 @@ async fn respond(proxy: &Proxy, client: &ClientInfo, request: Request<RecvStream
     if !parts.headers.contains_key(header::DATE) {
         parts.headers.insert(header::DATE, super::date_value());
     }
-    let end = body.is_end_stream();
-    if !end {
+    if !body.is_end_stream() {
         if let Some(length) = body.size_hint().exact() {
             parts
                 .headers
@@ -219,6 +230,8 @@ async fn respond(proxy: &Proxy, client: &ClientInfo, request: Request<RecvStream
                 .or_insert_with(|| length.into());
         }
     }
+    // The answer to a `HEAD` has no body (RFC 9110 §9.3.2), the proxy's own answers included.
+    let end = head || body.is_end_stream();
     match reply.send_response(Response::from_parts(parts, ()), end) {
         Ok(stream) if !end => send_body(body, stream).await,
         Ok(_) => {}

@@ -9,6 +9,7 @@ mod deploy;
 mod failures;
 mod flags;
 mod h2;
+mod h2_review;
 mod headers;
 mod health;
 mod hostile;
