@@ -186,29 +186,12 @@ async fn break_client_bodies(name: &str, protocol: &str, extra: &str) -> (Contro
     (proxy, up, log, answer)
 }
 
-/// `sluice_requests_total` of version `v` for `code`.
-fn requests(code: &str) -> String {
-    format!("sluice_requests_total{{service=\"s\",version=\"v\",role=\"primary\",code=\"{code}\"}}")
-}
-
 /// Polls `/metrics` until version `v` has counted `n` requests, whatever their codes.
 async fn counted(proxy: &Controlled, n: f64) -> std::collections::HashMap<String, f64> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let samples = samples(proxy).await;
-        let total: f64 = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"]
-            .iter()
-            .map(|code| samples.get(&requests(code)).copied().unwrap_or(0.0))
-            .sum();
-        if total == n {
-            return samples;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{n} requests were never counted: {samples:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    }
+    metrics_until(proxy, &format!("{n} requests are counted"), |samples| {
+        counted_for_v(samples) == n
+    })
+    .await
 }
 
 /// A client body that breaks part-way while it streams to a `protocol: http2` upstream (cut
@@ -231,7 +214,7 @@ async fn a_client_body_that_breaks_reaches_an_http2_upstream_incomplete_and_the_
         ["HTTP/2.0 GET /after 0", "HTTP/2.0 GET /after 0"]
     );
     let samples = counted(&proxy, 6.0).await;
-    assert_eq!(samples.get(&requests("2xx")), Some(&2.0), "{samples:?}");
+    assert_eq!(samples.get(&requests_of_v("2xx")), Some(&2.0), "{samples:?}");
     for gauge in [
         "sluice_requests_in_flight",
         "sluice_inflight_requests{service=\"s\",version=\"v\"}",
@@ -262,7 +245,7 @@ async fn broken_client_bodies_are_the_clients_fault(protocol: &str) {
     assert_eq!(view["service"]["versions"][0]["endpoints"][0]["ejections"], 0, "{view}");
 
     let samples = counted(&proxy, 5.0).await;
-    let count = |code: &str| samples.get(&requests(code)).copied().unwrap_or(0.0);
+    let count = |code: &str| samples.get(&requests_of_v(code)).copied().unwrap_or(0.0);
     // The clients that left or reset may count as `4xx` (the proxy's answer to a broken body)
     // or as `error` (no answer could be sent); never as `5xx`.
     assert_eq!(
@@ -295,31 +278,7 @@ async fn broken_client_bodies_are_the_clients_fault_to_an_http2_upstream() {
     broken_client_bodies_are_the_clients_fault("http2").await;
 }
 
-/// The samples of the proxy's `/metrics`, as `name{labels} -> value`.
-async fn samples(proxy: &Controlled) -> std::collections::HashMap<String, f64> {
-    let (status, text) = proxy.api_text("/metrics").await;
-    assert_eq!(status, StatusCode::OK);
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(k, v)| (k.to_owned(), v.parse().expect("numeric sample")))
-        .collect()
-}
-
 // sluice's HTTP/2 server (`src/server/h2.rs`): flow control, resets, its own answers, shutdown.
-
-/// An HTTP/2 connection to `addr` with the `h2` crate, for what hyper's client does not expose
-/// (resetting one stream, seeing a GOAWAY).
-async fn h2_connection(addr: std::net::SocketAddr) -> h2::client::SendRequest<bytes::Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (client, connection) = within("h2 handshake", h2::client::handshake(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    client
-}
 
 /// Sends a GET for `path` on `client`: the answer's status and body.
 async fn h2_get(
@@ -328,17 +287,9 @@ async fn h2_get(
     path: &str,
 ) -> Result<(StatusCode, bytes::Bytes), h2::Error> {
     let request = Request::get(format!("http://{addr}{path}")).body(()).expect("request");
-    let (response, _) = client.send_request(request, true)?;
-    let response = within("h2 answer", response).await?;
-    let status = response.status();
-    let mut body = response.into_body();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = within("h2 body", body.data()).await {
-        let chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok((status, bytes.into()))
+    h2_exchange(client, request)
+        .await
+        .map(|(parts, body)| (parts.status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

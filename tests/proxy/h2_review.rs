@@ -11,41 +11,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
-/// An HTTP/2 connection to `addr` with the `h2` crate.
-async fn h2_connect(addr: std::net::SocketAddr) -> h2::client::SendRequest<Bytes> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let (client, connection) = within("h2 handshake", h2::client::handshake(tcp))
-        .await
-        .expect("h2 handshake");
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    within("h2 ready", client.ready()).await.expect("h2 ready")
-}
-
-/// Reads `body` to its end (giving the window back): its bytes, or the stream's error.
-async fn read_body(body: &mut h2::RecvStream) -> Result<Bytes, h2::Error> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = within("h2 body", body.data()).await {
-        let chunk = chunk?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes.into())
-}
-
-/// Sends `request` (no body) and reads the answer: head and whole body (or the stream's error).
-async fn exchange(
-    client: &mut h2::client::SendRequest<Bytes>,
-    request: Request<()>,
-) -> Result<(http::response::Parts, Bytes), h2::Error> {
-    let (response, _) = client.send_request(request, true)?;
-    let response = within("h2 answer", response).await?;
-    let (parts, mut body) = response.into_parts();
-    let bytes = read_body(&mut body).await?;
-    Ok((parts, bytes))
-}
-
 /// A proxy with its admin API (for `/metrics`): one service `s`, version `v` on `upstream`.
 async fn controlled_proxy(name: &str, upstream: std::net::SocketAddr, defaults: &str) -> Controlled {
     let path = temp_dir(name).join("sluice.yaml");
@@ -55,50 +20,6 @@ async fn controlled_proxy(name: &str, upstream: std::net::SocketAddr, defaults: 
         &format!("listeners: [{{ name: t, address: 127.0.0.1:0 }}]\n{defaults}\nservices:\n{services}"),
     );
     controlled(&path, Options::default()).await
-}
-
-/// The samples of `/metrics`, as `name{labels} -> value`.
-async fn samples(proxy: &Controlled) -> std::collections::HashMap<String, f64> {
-    let (status, text) = proxy.api_text("/metrics").await;
-    assert_eq!(status, StatusCode::OK);
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| l.rsplit_once(' '))
-        .map(|(k, v)| (k.to_owned(), v.parse().expect("numeric sample")))
-        .collect()
-}
-
-/// `sluice_requests_total` of version `v` by code class.
-fn requests(code: &str) -> String {
-    format!("sluice_requests_total{{service=\"s\",version=\"v\",role=\"primary\",code=\"{code}\"}}")
-}
-
-/// Requests counted for version `v`, whatever their code.
-fn counted(samples: &std::collections::HashMap<String, f64>) -> f64 {
-    ["1xx", "2xx", "3xx", "4xx", "5xx", "error"]
-        .iter()
-        .map(|code| samples.get(&requests(code)).copied().unwrap_or(0.0))
-        .sum()
-}
-
-/// Polls `/metrics` until `check` holds, failing with the last samples after [`DEADLINE`].
-async fn metrics_until(
-    proxy: &Controlled,
-    what: &str,
-    check: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
-) -> std::collections::HashMap<String, f64> {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        let samples = samples(proxy).await;
-        if check(&samples) {
-            return samples;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}: {samples:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
 }
 
 /// A raw upstream that answers every request head with `answer` (and keeps the connection).
@@ -134,14 +55,14 @@ async fn an_upstream_body_that_breaks_mid_answer_resets_the_h2_stream() {
     })
     .await;
     let proxy = proxy(&service("s", "{}", &[("v", &[addr], 1)])).await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
     let request = Request::get(proxy.url("/cut")).body(()).expect("request");
     let (response, _) = client.send_request(request, true).expect("send");
     // The reset may overtake the head (`h2` drops the frames of a stream it resets).
     let read = match within("answer head", response).await {
         Ok(response) => {
             assert_eq!(response.status(), StatusCode::OK);
-            read_body(&mut response.into_body()).await.map(|_| ())
+            h2_read_body(&mut response.into_body()).await.map(|_| ())
         }
         Err(error) => Err(error),
     };
@@ -157,9 +78,9 @@ async fn an_upstream_body_that_breaks_mid_answer_resets_the_h2_stream() {
 async fn an_answer_with_a_te_field_reaches_an_h2_client() {
     let addr = answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nTE: Trailers\r\n\r\nok").await;
     let proxy = proxy(&service("s", "{}", &[("v", &[addr], 1)])).await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
     let request = Request::get(proxy.url("/te")).body(()).expect("request");
-    let (parts, body) = exchange(&mut client, request)
+    let (parts, body) = h2_exchange(&mut client, request)
         .await
         .expect("the answer reaches the client (not a reset stream)");
     assert_eq!((parts.status, &body[..]), (StatusCode::OK, &b"ok"[..]));
@@ -177,9 +98,9 @@ async fn an_answer_with_a_te_field_reaches_an_h2_client() {
 async fn a_head_the_proxy_answers_itself_gets_no_body_over_h2() {
     let up = Upstream::named("never").await;
     let proxy = proxy(&service("s", "{ path_prefix: /app }", &[("v", &[up.addr], 1)])).await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
     let request = Request::head(proxy.url("/elsewhere")).body(()).expect("request");
-    let answer = exchange(&mut client, request).await;
+    let answer = h2_exchange(&mut client, request).await;
     let (parts, body) = answer.expect("a HEAD answer without a body, not a stream error");
     assert_eq!(parts.status, StatusCode::NOT_FOUND);
     assert!(body.is_empty(), "{body:?}");
@@ -205,10 +126,10 @@ async fn bodiless_answers_reach_an_h2_client_with_their_head() {
     })
     .await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
 
     let request = Request::head(proxy.url("/head")).body(()).expect("request");
-    let (parts, body) = exchange(&mut client, request).await.expect("HEAD");
+    let (parts, body) = h2_exchange(&mut client, request).await.expect("HEAD");
     assert_eq!(parts.status, StatusCode::OK);
     assert_eq!(parts.headers["content-length"], "5");
     assert!(body.is_empty());
@@ -219,7 +140,7 @@ async fn bodiless_answers_reach_an_h2_client_with_their_head() {
         ("/empty", StatusCode::OK),
     ] {
         let request = Request::get(proxy.url(path)).body(()).expect("request");
-        let (parts, body) = exchange(&mut client, request).await.expect(path);
+        let (parts, body) = h2_exchange(&mut client, request).await.expect(path);
         assert_eq!(parts.status, status, "{path}");
         assert!(body.is_empty(), "{path}: {body:?}");
         assert!(parts.headers.contains_key("date"), "{path}");
@@ -251,7 +172,7 @@ async fn a_reset_during_the_answer_body_frees_the_upstream_connection_and_counts
     })
     .await;
     let proxy = controlled_proxy("h2-review-reset-body", up.addr, "").await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
     let request = Request::get(proxy.url("/app/stream")).body(()).expect("request");
     let (response, mut stream) = client.send_request(request, true).expect("send");
     let response = within("answer head", response).await.expect("answer");
@@ -264,7 +185,7 @@ async fn a_reset_during_the_answer_body_frees_the_upstream_connection_and_counts
     stream.send_reset(h2::Reason::CANCEL);
 
     wait_until("the upstream connection is closed", || up.open_connections() == 0).await;
-    let (parts, bytes) = exchange(
+    let (parts, bytes) = h2_exchange(
         &mut client,
         Request::get(proxy.url("/app/next")).body(()).expect("request"),
     )
@@ -272,8 +193,8 @@ async fn a_reset_during_the_answer_body_frees_the_upstream_connection_and_counts
     .expect("the connection serves on");
     assert_eq!((parts.status, &bytes[..]), (StatusCode::OK, &b"quick"[..]));
     assert_eq!(up.connections(), 2, "a fresh upstream connection for the next request");
-    let samples = metrics_until(&proxy, "both requests are counted", |s| counted(s) >= 2.0).await;
-    assert_eq!(counted(&samples), 2.0, "{samples:?}");
+    let samples = metrics_until(&proxy, "both requests are counted", |s| counted_for_v(s) >= 2.0).await;
+    assert_eq!(counted_for_v(&samples), 2.0, "{samples:?}");
     assert_eq!(samples.get("sluice_requests_in_flight"), Some(&0.0), "{samples:?}");
     drop(senders);
     proxy.shutdown().await;
@@ -312,9 +233,9 @@ async fn h2_connections_give_back_their_slots_and_abandoned_requests_count_once(
         })
         .await;
     }
-    let samples = metrics_until(&proxy, "three abandoned requests counted", |s| counted(s) >= 3.0).await;
-    assert_eq!(counted(&samples), 3.0, "{samples:?}");
-    assert_eq!(samples.get(&requests("error")), Some(&3.0), "{samples:?}");
+    let samples = metrics_until(&proxy, "three abandoned requests counted", |s| counted_for_v(s) >= 3.0).await;
+    assert_eq!(counted_for_v(&samples), 3.0, "{samples:?}");
+    assert_eq!(samples.get(&requests_of_v("error")), Some(&3.0), "{samples:?}");
     release.notify_waiters();
     proxy.shutdown().await;
 }
@@ -351,8 +272,12 @@ async fn more_than_200_concurrent_streams_on_one_connection_are_all_answered() {
         assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
     }
     assert_eq!(up.hits(), STREAMS);
-    let samples = metrics_until(&proxy, "every stream counted", |s| counted(s) >= STREAMS as f64).await;
-    assert_eq!(samples.get(&requests("2xx")), Some(&(STREAMS as f64)), "{samples:?}");
+    let samples = metrics_until(&proxy, "every stream counted", |s| counted_for_v(s) >= STREAMS as f64).await;
+    assert_eq!(
+        samples.get(&requests_of_v("2xx")),
+        Some(&(STREAMS as f64)),
+        "{samples:?}"
+    );
     assert_eq!(samples.get("sluice_requests_in_flight"), Some(&0.0));
     proxy.shutdown().await;
 }
@@ -370,7 +295,7 @@ async fn an_h2_upload_over_the_limit_is_413() {
         "defaults: { max_request_body: 1KiB }",
     )
     .await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
 
     let request = Request::post(proxy.url("/announced"))
         .header("content-length", "2000")
@@ -392,7 +317,9 @@ async fn an_h2_upload_over_the_limit_is_413() {
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
     let request = Request::get(proxy.url("/after")).body(()).expect("request");
-    let (parts, body) = exchange(&mut client, request).await.expect("the connection serves on");
+    let (parts, body) = h2_exchange(&mut client, request)
+        .await
+        .expect("the connection serves on");
     assert_eq!((parts.status, &body[..]), (StatusCode::OK, &b"got 0"[..]));
     proxy.shutdown().await;
 }
@@ -403,7 +330,7 @@ async fn an_h2_upload_over_the_limit_is_413() {
 async fn an_h2_body_that_contradicts_its_content_length_never_arrives_complete() {
     let (up, log) = body_logging_upstream().await;
     let proxy = proxy(&service("s", "{}", &[("v", &[up.addr], 1)])).await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
     for (path, length, data) in [("/short", "10", &b"hello"[..]), ("/long", "3", &b"hello"[..])] {
         let request = Request::post(proxy.url(path))
             .header("content-length", length)
@@ -418,7 +345,9 @@ async fn an_h2_body_that_contradicts_its_content_length_never_arrives_complete()
         );
     }
     let request = Request::get(proxy.url("/after")).body(()).expect("request");
-    let (parts, _) = exchange(&mut client, request).await.expect("the connection serves on");
+    let (parts, _) = h2_exchange(&mut client, request)
+        .await
+        .expect("the connection serves on");
     assert_eq!(parts.status, StatusCode::OK);
     let lines = log.lock().expect("lock").clone();
     assert!(
@@ -436,7 +365,7 @@ async fn an_h2_body_that_contradicts_its_content_length_never_arrives_complete()
 async fn an_upload_refused_early_gets_its_answer_and_the_connection_serves_on() {
     let up = Upstream::named("ok").await;
     let proxy = proxy(&service("s", "{ path_prefix: /app }", &[("v", &[up.addr], 1)])).await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
     let request = Request::post(proxy.url("/nowhere")).body(()).expect("request");
     let (response, mut stream) = client.send_request(request, false).expect("send");
     stream
@@ -445,9 +374,11 @@ async fn an_upload_refused_early_gets_its_answer_and_the_connection_serves_on() 
     let response = within("the early answer", response).await.expect("answer");
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     let mut body = response.into_body();
-    assert!(read_body(&mut body).await.is_ok());
+    assert!(h2_read_body(&mut body).await.is_ok());
     let request = Request::get(proxy.url("/app")).body(()).expect("request");
-    let (parts, body) = exchange(&mut client, request).await.expect("the connection serves on");
+    let (parts, body) = h2_exchange(&mut client, request)
+        .await
+        .expect("the connection serves on");
     assert_eq!((parts.status, &body[..]), (StatusCode::OK, &b"ok"[..]));
     proxy.shutdown().await;
 }
@@ -479,7 +410,7 @@ async fn an_h2_connect_is_answered_404_and_never_reaches_the_upstream() {
     })
     .await;
     let proxy = proxy(&service("s", "{}", &[("v", &[addr], 1)])).await;
-    let mut client = h2_connect(proxy.addr).await;
+    let mut client = h2_connection(proxy.addr).await;
     let request = Request::builder()
         .method(Method::CONNECT)
         .uri("example.com:443")
@@ -703,7 +634,7 @@ fn a_stalled_client_that_misses_its_ping_is_closed_without_spinning() {
         let mut cpu = std::collections::VecDeque::new();
         let mut last_answer = None;
         loop {
-            let scrape = tokio::time::timeout(std::time::Duration::from_secs(2), samples(&proxy)).await;
+            let scrape = tokio::time::timeout(std::time::Duration::from_secs(2), metric_samples(&proxy)).await;
             let open = scrape.as_ref().ok().and_then(|s| s.get("sluice_connections_open").copied());
             if open == Some(0.0) {
                 return Ok(());

@@ -714,3 +714,84 @@ pub async fn body_logging_upstream() -> (Upstream, BodyLog) {
     .await;
     (upstream, log)
 }
+
+/// An HTTP/2 connection to `addr` with the `h2` crate, for what hyper's client does not expose
+/// (resetting one stream, seeing a GOAWAY, HEAD and CONNECT as sent).
+pub async fn h2_connection(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = within("h2 handshake", h2::client::handshake(tcp))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    within("h2 ready", client.ready()).await.expect("h2 ready")
+}
+
+/// Reads an `h2` body to its end (giving the window back): its bytes, or the stream's error.
+pub async fn h2_read_body(body: &mut h2::RecvStream) -> Result<Bytes, h2::Error> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = within("h2 body", body.data()).await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes.into())
+}
+
+/// Sends `request` (no body) on `client` and reads the answer: head and whole body, or the
+/// stream's error.
+pub async fn h2_exchange(
+    client: &mut h2::client::SendRequest<Bytes>,
+    request: Request<()>,
+) -> Result<(http::response::Parts, Bytes), h2::Error> {
+    let (response, _) = client.send_request(request, true)?;
+    let response = within("h2 answer", response).await?;
+    let (parts, mut body) = response.into_parts();
+    let bytes = h2_read_body(&mut body).await?;
+    Ok((parts, bytes))
+}
+
+/// The samples of a proxy's `/metrics`, as `name{labels} -> value`.
+pub async fn metric_samples(proxy: &Controlled) -> std::collections::HashMap<String, f64> {
+    let (status, text) = proxy.api_text("/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| l.rsplit_once(' '))
+        .map(|(k, v)| (k.to_owned(), v.parse().expect("numeric sample")))
+        .collect()
+}
+
+/// `sluice_requests_total` of service `s`, version `v` (the primary) for `code`.
+pub fn requests_of_v(code: &str) -> String {
+    format!("sluice_requests_total{{service=\"s\",version=\"v\",role=\"primary\",code=\"{code}\"}}")
+}
+
+/// Requests counted for service `s`, version `v`, whatever their code.
+pub fn counted_for_v(samples: &std::collections::HashMap<String, f64>) -> f64 {
+    ["1xx", "2xx", "3xx", "4xx", "5xx", "error"]
+        .iter()
+        .map(|code| samples.get(&requests_of_v(code)).copied().unwrap_or(0.0))
+        .sum()
+}
+
+/// Polls `/metrics` until `check` holds, failing with the last samples after [`DEADLINE`].
+pub async fn metrics_until(
+    proxy: &Controlled,
+    what: &str,
+    check: impl Fn(&std::collections::HashMap<String, f64>) -> bool,
+) -> std::collections::HashMap<String, f64> {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let samples = metric_samples(proxy).await;
+        if check(&samples) {
+            return samples;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}: {samples:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
