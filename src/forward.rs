@@ -123,11 +123,21 @@ pub fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Removes hop-by-hop headers; with `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
-///
+/// Removes a request's hop-by-hop headers but `TE: trailers` (end to end in practice: gRPC
+/// needs it); with `upgrade`, keeps `Upgrade` and sets `Connection: upgrade`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade, true);
+}
+
+/// Removes an answer's hop-by-hop headers, `TE` included (a request field, RFC 9110 §10.1.4,
+/// which HTTP/2 refuses in an answer); with `upgrade`, as [`remove_hop_by_hop`].
+pub fn remove_hop_by_hop_from_answer(headers: &mut HeaderMap, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade, false);
+}
+
 /// Runs twice per request (request and response), so it first finds which hop-by-hop headers
 /// are present in one pass over the names (cheap comparisons), and hashes only to remove those.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool, keep_te_trailers: bool) {
     let (mut connection, mut te, mut others) = (false, false, false);
     for name in headers.keys() {
         if *name == header::CONNECTION {
@@ -161,7 +171,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(header::UPGRADE);
         }
     }
-    if te && !is_te_trailers(headers) {
+    if te && !(keep_te_trailers && is_te_trailers(headers)) {
         headers.remove(header::TE);
     }
     if upgrade {
@@ -324,6 +334,13 @@ mod tests {
         assert_eq!(headers.get("upgrade").map(|v| v.as_bytes()), Some(&b"websocket"[..]));
         assert_eq!(headers.get("connection").map(|v| v.as_bytes()), Some(&b"upgrade"[..]));
         assert_eq!(headers.get("te").map(|v| v.as_bytes()), Some(&b"trailers"[..]));
+        // Not in an answer.
+        for value in ["trailers", "Trailers"] {
+            let mut answer = map(&[("te", value), ("connection", "keep-alive"), ("x-a", "1")]);
+            remove_hop_by_hop_from_answer(&mut answer, false);
+            let names: Vec<_> = answer.keys().map(HeaderName::as_str).collect();
+            assert_eq!(names, vec!["x-a"], "TE: {value}");
+        }
     }
 
     #[test]

@@ -182,7 +182,7 @@ impl Proxy {
         .await?;
 
         if let Some(client_upgrade) = client_upgrade.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS) {
-            forward::remove_hop_by_hop(response.headers_mut(), true);
+            forward::remove_hop_by_hop_from_answer(response.headers_mut(), true);
             let (parts, body) = response.into_parts();
             let upstream_upgrade = body.into_upgrade().ok_or_else(|| ProxyError::Reset {
                 endpoint: endpoint.label.clone(),
@@ -207,10 +207,7 @@ impl Proxy {
 
         let (mut parts, body) = response.into_parts();
         if body.has_hop_by_hop() {
-            forward::remove_hop_by_hop(&mut parts.headers, false);
-            // `TE` is a request field (RFC 9110 §10.1.4): `trailers` in an answer means nothing
-            // to the client, and HTTP/2 refuses any other value in one.
-            parts.headers.remove(header::TE);
+            forward::remove_hop_by_hop_from_answer(&mut parts.headers, false);
         }
         if service.expose_version {
             parts.headers.insert(&forward::X_SLUICE_VERSION, version.header.clone());

@@ -606,7 +606,7 @@ impl Body for H1Body {
                         Some(Ok(Some(mut trailers))) => {
                             // Hop-by-hop in a trailer section too (RFC 9110 §7.6.1); an HTTP/2
                             // client's stream would be reset over them.
-                            crate::forward::remove_hop_by_hop(&mut trailers, false);
+                            crate::forward::remove_hop_by_hop_from_answer(&mut trailers, false);
                             Some(Ok(Frame::trailers(trailers)))
                         }
                         Some(Err(e)) => Some(Err(e.into())),
