@@ -200,10 +200,15 @@ fn poll_unconstrained<F: Future + Unpin>(future: &mut F, cx: &mut Context<'_>) -
 
 /// One stream: the handler's answer, then its body.
 async fn respond(proxy: &Proxy, client: &ClientInfo, request: Request<RecvStream>, mut reply: SendResponse<Bytes>) {
-    let length = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok());
+    // Looked up only for a request with a body to come (most have none).
+    let length = if request.body().is_end_stream() {
+        Some(0)
+    } else {
+        request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+    };
     let head = request.method() == Method::HEAD;
     let request = request.map(|recv| ClientBody::H2(RequestBody::new(recv, length)));
     let mut handling = pin!(proxy.handle(request, client, None));
@@ -219,9 +224,7 @@ async fn respond(proxy: &Proxy, client: &ClientInfo, request: Request<RecvStream
     // The handler has removed hop-by-hop fields, which HTTP/2 forbids (RFC 9113 §8.2.2): an
     // answer with one left would fail to send, and the stream be reset, below.
     let (mut parts, body) = response.into_parts();
-    if !parts.headers.contains_key(header::DATE) {
-        parts.headers.insert(header::DATE, super::date_value());
-    }
+    parts.headers.entry(header::DATE).or_insert_with(super::date_value);
     if !body.is_end_stream() {
         if let Some(length) = body.size_hint().exact() {
             parts

@@ -54,26 +54,32 @@ async fn shadow_answers(proxy: &Controlled, code: &str) -> f64 {
         .map_or(0.0, |v| v.parse().expect("numeric sample"))
 }
 
-/// Waits until the mirror of `version` has no copy in flight; returns its view.
-async fn settled(proxy: &Controlled, version: &str) -> Value {
+/// Polls the admin view of the mirror of `version` until `check` holds; returns that view.
+async fn mirror_until(proxy: &Controlled, version: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
         let view = mirror_view(proxy, version).await;
-        if view["in_flight"] == 0 {
+        if check(&view) {
             return view;
         }
-        assert!(tokio::time::Instant::now() < deadline, "copies still in flight: {view}");
+        assert!(tokio::time::Instant::now() < deadline, "{what}: never, {view}");
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shadow_gets_an_intact_marked_copy() {
-    let blue = Upstream::named("blue").await;
-    type Seen = Arc<Mutex<Vec<(String, HeaderMap, bytes::Bytes)>>>;
+/// Waits until the mirror of `version` has no copy in flight; returns its view.
+async fn settled(proxy: &Controlled, version: &str) -> Value {
+    mirror_until(proxy, version, "no copies in flight", |view| view["in_flight"] == 0).await
+}
+
+/// What a recording upstream saw of each request: target, head fields, whole body.
+type Seen = Arc<Mutex<Vec<(String, HeaderMap, bytes::Bytes)>>>;
+
+/// An upstream that answers `name` and records every request it receives.
+async fn recording_upstream(name: &'static str) -> (Upstream, Seen) {
     let seen: Seen = Arc::default();
     let store = Arc::clone(&seen);
-    let green = Upstream::start(move |request| {
+    let upstream = Upstream::start(move |request| {
         let store = Arc::clone(&store);
         async move {
             let (parts, body) = request.into_parts();
@@ -82,10 +88,17 @@ async fn the_shadow_gets_an_intact_marked_copy() {
                 .lock()
                 .expect("lock")
                 .push((parts.uri.to_string(), parts.headers, body));
-            Response::new(full("green"))
+            Response::new(full(name))
         }
     })
     .await;
+    (upstream, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shadow_gets_an_intact_marked_copy() {
+    let blue = Upstream::named("blue").await;
+    let (green, seen) = recording_upstream("green").await;
     let proxy = start(
         "shadow-copy",
         &config(
@@ -742,17 +755,7 @@ async fn a_copy_the_shadow_closed_on_unanswered_is_sent_again_once() {
 async fn a_chunked_upload_with_trailers_is_mirrored() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let blue = Upstream::named("blue").await;
-    let copies: Arc<Mutex<Vec<bytes::Bytes>>> = Arc::default();
-    let store = Arc::clone(&copies);
-    let green = Upstream::start(move |request| {
-        let store = Arc::clone(&store);
-        async move {
-            let body = request.into_body().collect().await.expect("body").to_bytes();
-            store.lock().expect("lock").push(body);
-            Response::new(full("green"))
-        }
-    })
-    .await;
+    let (green, copies) = recording_upstream("green").await;
     let proxy = start(
         "review-shadow-trailers",
         &config(
@@ -781,26 +784,18 @@ async fn a_chunked_upload_with_trailers_is_mirrored() {
         String::from_utf8_lossy(&answer)
     );
     // Wait for the mirror to decide: sent, or dropped for any reason.
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    let view = loop {
-        let view = mirror_view(&proxy, "green").await;
+    let view = mirror_until(&proxy, "green", "the mirror decides", |view| {
         let dropped: u64 = view["dropped"]
             .as_object()
             .map_or(0, |d| d.values().filter_map(Value::as_u64).sum());
-        if view["sent"].as_u64().unwrap_or(0) + dropped > 0 && view["in_flight"] == 0 {
-            break view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the mirror never decided: {view}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    };
+        view["sent"].as_u64().unwrap_or(0) + dropped > 0 && view["in_flight"] == 0
+    })
+    .await;
     assert_eq!(view["sent"], 1, "the copy with trailers was not sent: {view}");
     wait_until("the shadow receives the copy", || {
         copies.lock().expect("lock").len() == 1
     })
     .await;
-    assert_eq!(&copies.lock().expect("lock")[0][..], b"ok");
+    assert_eq!(&copies.lock().expect("lock")[0].2[..], b"ok");
     proxy.shutdown().await;
 }
