@@ -358,12 +358,17 @@ async fn a_stream_reset_by_the_client_cancels_its_upstream_request_and_the_conne
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sluices_own_answers_to_http2_clients_carry_a_date() {
+async fn sluices_own_answers_to_http2_clients_carry_a_date_and_their_length() {
     let up = Upstream::named("x").await;
     let proxy = proxy(&service("only", "{ path_prefix: /app }", &[("v", &[up.addr], 1)])).await;
     let client = h2c_client();
     for path in ["/elsewhere", "/app"] {
-        let (status, headers, _) = send(&client, Request::get(proxy.url(path)).body(empty()).expect("request")).await;
+        let (status, headers, body) =
+            send(&client, Request::get(proxy.url(path)).body(empty()).expect("request")).await;
+        let length = headers
+            .get("content-length")
+            .map(|v| v.to_str().expect("text").to_owned());
+        assert_eq!(length, Some(body.len().to_string()), "{path}: {status}");
         let date = headers.get("date").map(|d| d.to_str().expect("text").to_owned());
         let parsed = date.as_deref().map(httpdate::parse_http_date);
         assert!(matches!(parsed, Some(Ok(_))), "{path}: {status} with date {date:?}");
