@@ -159,12 +159,21 @@ check_cpus() {
 # ---------------------------------------------------------------- build
 bin_sha() { sha256sum "$1" 2>/dev/null | cut -c1-12; }
 
-# build_sluice: sets SLUICE (SLUICE_BIN, or $TARGET/release/sluice, built unless SKIP_BUILD=1)
-# and SLUICE_REV (what the report calls it)
+# build_sluice: sets SLUICE (SLUICE_BIN, or $TARGET/release/sluice, built unless SKIP_BUILD=1; with
+# PGO=1 the profile-guided build, $TARGET/pgo/release/sluice, made by benches/pgo.sh unless
+# SKIP_BUILD=1) and SLUICE_REV (what the report calls it)
 build_sluice() {
+    local pgo=${PGO:-0}
+    [[ "$pgo" == 0 || "$pgo" == 1 ]] || die "PGO must be 0 or 1"
     if [[ -n "$SLUICE_BIN" ]]; then
         SLUICE=$SLUICE_BIN
         log "SLUICE_BIN set: using $SLUICE, not building"
+    elif ((pgo)); then
+        SLUICE=$TARGET/pgo/release/sluice
+        if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+            log "benches/pgo.sh (the profile-guided build; about ten minutes)"
+            "$REPO/benches/pgo.sh"
+        fi
     else
         SLUICE=$TARGET/release/sluice
         if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
@@ -181,6 +190,7 @@ build_sluice() {
         if [[ -n "$(cd "$REPO" && git status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]]; then
             SLUICE_REV="$SLUICE_REV+dirty"
         fi
+        ((pgo)) && SLUICE_REV="$SLUICE_REV, profile-guided build (benches/pgo.sh)"
         [[ "${SKIP_BUILD:-0}" == 1 ]] && SLUICE_REV="$SLUICE_REV (SKIP_BUILD: binary sha256 $(bin_sha "$SLUICE"))"
     fi
     return 0

@@ -33,6 +33,8 @@
 #              $CARGO_TARGET_DIR/release/deps/openloop-* is the open-loop client)
 #   SLUICE_BIN      path to the sluice binary to test (default $CARGO_TARGET_DIR/release/sluice);
 #                   when set, sluice is not built
+#   PGO             1 = test the profile-guided build (benches/pgo.sh, about ten minutes; then
+#                   $CARGO_TARGET_DIR/pgo/release/sluice) instead of the plain release build
 #   SLUICE_B_BIN    path to a second sluice binary (A/B): started with the same configs on their own
 #                   ports on the same core, measured in every round, one more row per table
 #   SLUICE_B_LABEL  name of that second binary in the report (default "sluice B")

@@ -23,6 +23,8 @@
 #                $CARGO_TARGET_DIR/release/deps/tls_handshake-* is the client)
 #   SLUICE_BIN   path to the sluice binary to test (default $CARGO_TARGET_DIR/release/sluice);
 #                when set, sluice is not built
+#   PGO          1 = test the profile-guided build (benches/pgo.sh, about ten minutes; then
+#                $CARGO_TARGET_DIR/pgo/release/sluice) instead of the plain release build
 #   CLIENT_BIN   path to the tls_handshake bench binary; when set, it is not built
 set -euo pipefail
 
@@ -74,12 +76,18 @@ build_sluice
 if [[ -n "$CLIENT_BIN" ]]; then
     CLIENT=$CLIENT_BIN
 elif [[ "${SKIP_BUILD:-0}" == 1 ]]; then
-    CLIENT=$(ls -t "$TARGET"/release/deps/tls_handshake-* 2>/dev/null | grep -v '\.d$' | head -n1 || true)
+    # the newest executable cargo left there
+    CLIENT=""
+    for f in "$TARGET"/release/deps/tls_handshake-*; do
+        [[ -f "$f" && -x "$f" && $f != *.d ]] || continue
+        if [[ -z "$CLIENT" || "$f" -nt "$CLIENT" ]]; then CLIENT=$f; fi
+    done
 else
     log "cargo bench --bench tls_handshake --no-run (the client)"
-    CLIENT=$(cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo bench --bench tls_handshake --no-run \
-        --message-format=json-render-diagnostics 2>"$TMP/client-build.log" \
-        | grep '"name":"tls_handshake"' | grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4 || true)
+    CLIENT=$(cd "$REPO" || exit 1
+        CARGO_TARGET_DIR=$TARGET cargo bench --bench tls_handshake --no-run \
+            --message-format=json-render-diagnostics 2>"$TMP/client-build.log" \
+            | grep '"name":"tls_handshake"' | grep -o '"executable":"[^"]*"' | tail -n1 | cut -d'"' -f4 || true)
 fi
 [[ -n "$CLIENT" && -x "$CLIENT" ]] || die "no tls_handshake client binary (CLIENT=${CLIENT:-none}); see $TMP/client-build.log"
 log "client: $CLIENT"
