@@ -73,6 +73,7 @@ log "3/4 merging ${#raw[@]} profiles"
 sum=$(sha256sum "$DATA/merged.profdata" | cut -c1-16)
 PROFILE=$FINAL_TARGET/sluice-$sum.profdata
 mkdir -p "$FINAL_TARGET"
+rm -f "$FINAL_TARGET"/sluice-*.profdata # earlier runs' profiles
 cp "$DATA/merged.profdata" "$PROFILE"
 
 log "4/4 optimised build with the profile (target dir: $FINAL_TARGET)"
