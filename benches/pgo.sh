@@ -6,7 +6,7 @@
 # Why: on this project's benchmarks the plain release build spends about as many instructions per
 # request as NGINX and HAProxy but misses the 32 KiB instruction cache about twice as often (its hot
 # path is spread over more code). With the profile, LLVM lays the hot code out together and keeps
-# cold paths out of it: about a fifth fewer instructions and a quarter of the instruction-cache
+# cold paths out of it: about a fifth fewer instructions and under a third of the instruction-cache
 # misses per request (docs/BENCHMARKS.md, "Profile-guided build").
 #
 # Steps:
@@ -44,6 +44,7 @@ SYSROOT=$(rustc --print sysroot)
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 PROFDATA=$SYSROOT/lib/rustlib/$HOST/bin/llvm-profdata
 if [[ ! -x "$PROFDATA" ]]; then
+    command -v rustup >/dev/null 2>&1 || die "no llvm-profdata at $PROFDATA, and no rustup to install llvm-tools"
     log "installing rustup's llvm-tools (llvm-profdata)"
     rustup component add llvm-tools >/dev/null
 fi
