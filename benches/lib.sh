@@ -12,6 +12,8 @@
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+# absolute: cargo runs from the repo, the binaries are run from elsewhere
+TARGET=$(realpath -m -- "$TARGET")
 
 log() { printf '[%s] %s\n' "$BENCH_NAME" "$*" >&2; }
 die() { printf '[%s] ERROR: %s\n' "$BENCH_NAME" "$*" >&2; exit 1; }

@@ -21,12 +21,17 @@
 # in, only laid out as cold code.
 #
 # Needs: rustup (installs llvm-tools when missing), and what the two comparison scripts need (they
-# apt-get install nginx, haproxy, wrk, h2load and openssl when missing, as root), two cores.
-# Takes about ten minutes on two cores: two full release builds and about a minute of load.
+# apt-get install nginx, wrk, h2load and openssl when missing, as root), two cores.
+# Takes about ten minutes on two cores: two full release builds and about a minute of load. Each
+# run trains and builds anew (a new profile, a full rebuild): to measure the result more than
+# once, run this once, then `PGO=1 SKIP_BUILD=1 benches/load/compare.sh` or SLUICE_BIN.
 #
 # Environment:
 #   CARGO_TARGET_DIR  honoured: everything goes under $CARGO_TARGET_DIR (default: the repo's target/)
+#   RUSTFLAGS         kept: the profile flags are added to it (CARGO_ENCODED_RUSTFLAGS is refused)
 #   TRAIN_DURATION    seconds per training run in each scenario (default 3)
+# The training runs ignore the comparison scripts' own settings (SCENARIOS, OUT, ...) from the
+# environment: the profile is always the same workload.
 set -euo pipefail
 
 BENCH_NAME=pgo
@@ -35,6 +40,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 TRAIN_DURATION=${TRAIN_DURATION:-3}
 [[ "$TRAIN_DURATION" =~ ^[1-9][0-9]*$ ]] || die "TRAIN_DURATION must be a positive integer (seconds)"
+[[ -z "${CARGO_ENCODED_RUSTFLAGS:-}" ]] || die "CARGO_ENCODED_RUSTFLAGS is set: it would override the profile flags"
+# RUSTFLAGS is split on spaces: the profile paths must have none
+[[ "$TARGET" != *[[:space:]]* ]] || die "the target dir ($TARGET) must not contain spaces"
 TRAIN_TARGET=$TARGET/pgo-train
 FINAL_TARGET=$TARGET/pgo
 DATA=$TRAIN_TARGET/profiles
@@ -51,17 +59,26 @@ fi
 [[ -x "$PROFDATA" ]] || die "no llvm-profdata at $PROFDATA (rustup component add llvm-tools)"
 
 log "1/4 instrumented build (target dir: $TRAIN_TARGET)"
-(cd "$REPO" && RUSTFLAGS="-Cprofile-generate=$DATA" CARGO_TARGET_DIR=$TRAIN_TARGET \
+(cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-generate=$DATA" CARGO_TARGET_DIR=$TRAIN_TARGET \
     cargo build --release --quiet --bin sluice)
 # the build scripts were instrumented too and wrote their own profiles while building: not wanted
 rm -rf "$DATA"
 mkdir -p "$DATA"
 
 log "2/4 training (the instrumented sluice under the load and TLS comparisons' scenarios)"
-SLUICE_BIN=$TRAIN_TARGET/release/sluice PROXIES=sluice ROUNDS=1 WARMUP=0 RATE=0 \
-    DURATION=$TRAIN_DURATION "$REPO/benches/load/compare.sh" >"$TRAIN_TARGET/train-load.log" 2>&1 ||
+# the comparison scripts' settings that could change the workload, or where its report goes
+unset_settings=(SCENARIO SCENARIOS PROXIES DURATION ROUNDS WARMUP CONNS H2_CONNS H2_STREAMS RATE
+    RATE_DURATION RATE_WARMUP OUT KEEP_TMP SKIP_BUILD SLUICE_BIN SLUICE_B_BIN SLUICE_B_LABEL
+    OPENLOOP_BIN NGINX_KEEPALIVE MIRROR_PERCENT SLUICE_B_MIRROR_PERCENT PGO CONCURRENCY
+    TLS_VERSIONS MODES CLIENT_BIN LLVM_PROFILE_FILE)
+train_env=()
+for v in "${unset_settings[@]}"; do train_env+=(-u "$v"); done
+env "${train_env[@]}" SLUICE_BIN="$TRAIN_TARGET/release/sluice" SCENARIOS="single weighted mirror h2" \
+    PROXIES=sluice ROUNDS=1 WARMUP=0 RATE=0 DURATION="$TRAIN_DURATION" \
+    "$REPO/benches/load/compare.sh" >"$TRAIN_TARGET/train-load.log" 2>&1 ||
     die "training run benches/load/compare.sh failed: see $TRAIN_TARGET/train-load.log"
-SLUICE_BIN=$TRAIN_TARGET/release/sluice ROUNDS=1 WARMUP=0 DURATION=$TRAIN_DURATION \
+env "${train_env[@]}" SLUICE_BIN="$TRAIN_TARGET/release/sluice" TLS_VERSIONS="1.3 1.2" \
+    MODES="full resumed" ROUNDS=1 WARMUP=0 DURATION="$TRAIN_DURATION" \
     "$REPO/benches/tls/compare.sh" >"$TRAIN_TARGET/train-tls.log" 2>&1 ||
     die "training run benches/tls/compare.sh failed: see $TRAIN_TARGET/train-tls.log"
 shopt -s nullglob
@@ -78,6 +95,6 @@ rm -f "$FINAL_TARGET"/sluice-*.profdata # earlier runs' profiles
 cp "$DATA/merged.profdata" "$PROFILE"
 
 log "4/4 optimised build with the profile (target dir: $FINAL_TARGET)"
-(cd "$REPO" && RUSTFLAGS="-Cprofile-use=$PROFILE" \
+(cd "$REPO" && RUSTFLAGS="${RUSTFLAGS:-} -Cprofile-use=$PROFILE" \
     CARGO_TARGET_DIR=$FINAL_TARGET cargo build --release --quiet --bin sluice)
 log "done: $FINAL_TARGET/release/sluice (profile $PROFILE)"
