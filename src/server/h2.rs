@@ -30,7 +30,6 @@ use tokio::time::{Instant, Sleep};
 
 use super::{BoxError, ClientBody};
 use crate::body::ResponseBody;
-
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
 

@@ -247,14 +247,7 @@ async fn more_than_200_concurrent_streams_on_one_connection_are_all_answered() {
     // A short drain (below): the shutdown at the end must not depend on the GOAWAY (see
     // `shutdown_sends_goaway_to_connections_that_started_with_a_burst_of_streams`).
     let (open, gate) = tokio::sync::watch::channel(false);
-    let up = Upstream::start(move |_| {
-        let mut gate = gate.clone();
-        async move {
-            let _ = gate.wait_for(|open| *open).await;
-            Response::new(full("ok"))
-        }
-    })
-    .await;
+    let up = Upstream::gated(gate).await;
     // The upstream speaks HTTP/2 too, so the 200 held requests share one upstream connection: with
     // HTTP/1.1, the 50 that follow open new connections while the 200 are being given back, and
     // on this machine some of those connects took longer than the 1 s connect timeout (502),
@@ -279,7 +272,7 @@ async fn more_than_200_concurrent_streams_on_one_connection_are_all_answered() {
     let _ = open.send(true);
     for request in pending {
         let (status, _, body) = within("answer", request).await.expect("task");
-        assert_eq!((status, &body[..]), (StatusCode::OK, &b"ok"[..]));
+        assert_eq!((status, &body[..]), (StatusCode::OK, &b"released"[..]));
     }
     assert_eq!(up.hits(), STREAMS);
     let samples = metrics_until(&proxy, "every stream counted", |s| counted_for_v(s) >= STREAMS as f64).await;

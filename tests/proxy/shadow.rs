@@ -186,14 +186,7 @@ async fn a_hanging_shadow_never_holds_the_client_and_its_copies_are_bounded() {
     // Holds every request until the gate opens, and answers at once after that. (Copies may
     // reach it pipelined on one connection, so some are read only after the gate opens.)
     let (open, gate) = tokio::sync::watch::channel(false);
-    let green = Upstream::start(move |_| {
-        let mut gate = gate.clone();
-        async move {
-            let _ = gate.wait_for(|open| *open).await;
-            Response::new(full("released"))
-        }
-    })
-    .await;
+    let green = Upstream::gated(gate).await;
     let mirrors = "      - { version: green, percent: 100, max_in_flight: 4 }";
     let proxy = start("shadow-hang", &config(blue.addr, &[("green", green.addr)], mirrors, "")).await;
     let client = http1_client();

@@ -187,6 +187,19 @@ impl Upstream {
         .await
     }
 
+    /// Holds every request until `gate` turns true, and answers at once after that (200,
+    /// `released`). A watch: an opening is never missed, whenever a request arrives.
+    pub async fn gated(gate: tokio::sync::watch::Receiver<bool>) -> Upstream {
+        Upstream::start(move |_| {
+            let mut gate = gate.clone();
+            async move {
+                let _ = gate.wait_for(|open| *open).await;
+                Response::new(full("released"))
+            }
+        })
+        .await
+    }
+
     /// Answers every request with 200 and `name` as the body.
     pub async fn named(name: &'static str) -> Upstream {
         Upstream::start(move |_| async move { Response::new(full(name)) }).await
